@@ -140,7 +140,7 @@ def denoise_window(
         initial_latents = initial_noise(generator, latent_size, num_frames, device, dtype)
     latents = initial_latents.to(device, dtype) * scheduler.init_noise_sigma
 
-    pixels = faces.to(device, torch.float32) / 127.5 - 1.0  # same as (x / 255 - 0.5) / 0.5
+    pixels = (faces.to(device, torch.float32) / 255.0 - 0.5) / 0.5
     mask = mask.to(device, torch.float32)
     masked_pixels = pixels * mask
     mask_1ch = mask[0:1].expand(num_frames, 1, height, width)

@@ -132,7 +132,10 @@ class ResnetBlock3D(nn.Module):
 
     def forward(self, x, temb):
         h = self.conv1(self.nonlinearity(self.norm1(x)))
-        temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None, None]
+        temb = self.time_emb_proj(self.nonlinearity(temb))
+        if len(temb) != len(x):  # a shared timestep: its identical rows broadcast over the batch
+            temb = temb[:1]
+        temb = temb[:, :, None, None, None]
         if self.time_scale_shift == "default":
             h = self.norm2(h + temb)
         else:
@@ -581,10 +584,13 @@ class UNet3DConditionModel(nn.Module):
         c = self.config
         if c.center_input_sample:
             sample = 2 * sample - 1.0
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.dim() == 0:
-            timesteps = timesteps[None]
-        temb = self.time_embedding(self.time_proj(timesteps.expand(sample.shape[0])).to(sample.dtype))
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        if len(timesteps) == 1:
+            # A shared timestep is embedded as two identical rows, as the official embeds it for the
+            # usual guidance batch of two, and broadcast over the batch: the result is then the same
+            # bit for bit whether the guidance branches run as one batch or as two passes.
+            timesteps = timesteps.expand(2)
+        temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
 
         upsample_factor = 2 ** (len(self.up_blocks) - 1)
         needs_upsample_size = any(s % upsample_factor for s in sample.shape[-2:])

@@ -1,0 +1,92 @@
+"""One denoising window against the official loop's reference vectors (tiny random models)."""
+
+import pytest
+import torch
+
+from latentsync.config import load_yaml
+from latentsync.denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae
+from latentsync.models.unet import UNet3DConditionModel
+
+
+@pytest.fixture(scope="module")
+def window(reference, assets):
+    io = torch.load(reference / "window_io.pt", weights_only=True)
+    unet = UNet3DConditionModel.from_checkpoint(load_yaml(reference / "unet_tiny.yaml")["model"], reference / "unet_tiny.pt")
+    return dict(
+        io=io,
+        unet=unet,
+        vae=load_vae(reference / "vae_tiny"),
+        scheduler=load_scheduler(),
+        mask=load_training_mask(assets / "mask.png", io["height"]),
+    )
+
+
+def run(window, **kwargs):
+    io = window["io"]
+    args = dict(num_inference_steps=io["steps"], guidance_scale=io["guidance_scale"])
+    args.update(kwargs)
+    return denoise_window(window["unet"], window["vae"], window["scheduler"], io["faces"], io["audio_embeds"], window["mask"], **args)
+
+
+def test_scheduler_is_the_released_ddim():
+    config = load_scheduler().config
+    assert (config.beta_start, config.beta_end, config.beta_schedule) == (0.00085, 0.012, "scaled_linear")
+    assert (config.clip_sample, config.set_alpha_to_one, config.steps_offset, config.num_train_timesteps) == (False, False, 1, 1000)
+
+
+def test_posterior_mean_window_matches_the_official(window):
+    out = run(window, initial_latents=window["io"]["mode_initial_latents"], sample_posterior=False)
+    assert out.shape == window["io"]["mode_out"].shape
+    assert (out - window["io"]["mode_out"]).abs().max().item() < 1e-4
+
+
+def test_seeded_window_reproduces_the_official_draw_order(window):
+    io = window["io"]
+    generator = torch.Generator().manual_seed(io["seed"])
+    out = run(window, generator=generator)
+    assert (out - io["sample_out"]).abs().max().item() < 1e-4
+    # the first draw is the initial noise: one frame repeated over the window
+    noise = initial_noise(torch.Generator().manual_seed(io["seed"]), io["height"] // 8, 16)
+    assert torch.equal(noise, io["sample_initial_latents"])
+    assert torch.equal(noise[:, :, 0], noise[:, :, 15])
+
+
+def test_unmasked_pixels_are_the_input(window):
+    io = window["io"]
+    out = run(window, initial_latents=io["mode_initial_latents"], sample_posterior=False)
+    keep = window["mask"][0] == 1.0
+    faces = io["faces"].float() / 127.5 - 1
+    assert torch.allclose(out[:, :, keep], faces[:, :, keep], atol=1e-6)
+    assert (out[:, :, ~keep] - faces[:, :, ~keep]).abs().mean() > 0.05  # the mouth region was regenerated
+
+
+def test_memory_savers_do_not_change_the_result(window):
+    io = window["io"]
+    kwargs = dict(initial_latents=io["mode_initial_latents"], sample_posterior=False)
+    baseline = run(window, **kwargs)
+    # Guidance branches as two U-Net passes: bit for bit the same (the first out-of-memory fallback).
+    assert torch.equal(baseline, run(window, split_guidance_batch=True, **kwargs))
+    # Frame-by-frame VAE decoding: the convolution kernels differ with batch size, in the last bits only.
+    frame_by_frame = run(window, split_guidance_batch=True, decode_frames_per_batch=1, **kwargs)
+    assert (baseline - frame_by_frame).abs().max().item() < 1e-4
+
+
+def test_deepcache_window_is_close_and_split_batches_keep_their_own_cache(window):
+    io = window["io"]
+    kwargs = dict(initial_latents=io["mode_initial_latents"], sample_posterior=False, num_inference_steps=6)
+    baseline = run(window, **kwargs)
+    cached = run(window, enable_deepcache=True, **kwargs)
+    cached_split = run(window, enable_deepcache=True, split_guidance_batch=True, **kwargs)
+    assert 0 < (baseline - cached).abs().mean().item() < 0.05
+    assert torch.equal(cached, cached_split)
+
+
+def test_guidance_one_runs_a_single_branch(window):
+    io = window["io"]
+    calls = []
+    hook = window["unet"].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        run(window, guidance_scale=1.0, initial_latents=io["mode_initial_latents"], sample_posterior=False)
+    finally:
+        hook.remove()
+    assert calls == [1] * io["steps"]

@@ -1,0 +1,159 @@
+"""The U-Net against the official implementation's reference vectors (random weights)."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from latentsync.config import UNET_CONFIGS, load_yaml
+from latentsync.models.unet import UNet3DConditionModel
+
+
+@pytest.fixture(scope="module")
+def tiny_config(reference):
+    return load_yaml(reference / "unet_tiny.yaml")["model"]
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(reference, tiny_config):
+    return UNet3DConditionModel.from_checkpoint(tiny_config, reference / "unet_tiny.pt")
+
+
+def test_tiny_forward_matches_the_official_output(reference, tiny_config):
+    unet = UNet3DConditionModel.from_config(tiny_config)
+    unet.load_state_dict(torch.load(reference / "unet_tiny.pt", weights_only=True)["state_dict"], strict=True)
+    io = torch.load(reference / "unet_tiny_io.pt", weights_only=True)
+    with torch.no_grad():
+        out = unet.eval()(io["sample"], io["timestep"], encoder_hidden_states=io["encoder_hidden_states"]).sample
+    assert out.shape == io["out"].shape
+    assert (out - io["out"]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("version", sorted(UNET_CONFIGS))
+def test_full_size_config_has_the_released_checkpoint_layout(reference, version):
+    with torch.device("meta"):
+        unet = UNet3DConditionModel.from_config(load_yaml(UNET_CONFIGS[version])["model"])
+    expected = json.loads((reference / "unet_keys_stage2.json").read_text())
+    ours = {key: list(tensor.shape) for key, tensor in unet.state_dict().items()}
+    assert ours == expected
+    assert sum(t.numel() for t in unet.state_dict().values()) == pytest.approx(1.268e9, rel=1e-3)
+
+
+def test_from_checkpoint_accepts_a_bare_state_dict_and_names_mismatches(tmp_path, reference, tiny_config, tiny_unet):
+    state = torch.load(reference / "unet_tiny.pt", weights_only=True)["state_dict"]
+    bare = tmp_path / "bare.pt"
+    torch.save(state, bare)
+    loaded = UNet3DConditionModel.from_checkpoint(tiny_config, bare)
+    assert torch.equal(loaded.conv_in.weight, tiny_unet.conv_in.weight)
+
+    broken = dict(state)
+    del broken["conv_out.bias"]
+    broken["extra.weight"] = torch.zeros(1)
+    broken_path = tmp_path / "broken.pt"
+    torch.save({"state_dict": broken}, broken_path)
+    with pytest.raises(ValueError, match=r"1 missing keys \['conv_out.bias'\].*1 unexpected keys \['extra.weight'\]"):
+        UNet3DConditionModel.from_checkpoint(tiny_config, broken_path)
+    with pytest.raises(FileNotFoundError, match="download_weights"):
+        UNet3DConditionModel.from_checkpoint(tiny_config, tmp_path / "missing.pt")
+
+
+def test_unsupported_config_values_are_rejected(tiny_config):
+    with pytest.raises(ValueError, match="Unknown U-Net config fields"):
+        UNet3DConditionModel.from_config({**tiny_config, "no_such_field": 1})
+    with pytest.raises(ValueError, match="dual_cross_attention"):
+        UNet3DConditionModel.from_config({**tiny_config, "dual_cross_attention": True})
+    with pytest.raises(ValueError, match="motion_module_type"):
+        UNet3DConditionModel.from_config({**tiny_config, "motion_module_type": "Sparse"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"use_motion_module": False},
+        {"add_audio_layer": False},
+        {"resnet_time_scale_shift": "scale_shift"},
+        {"use_inflated_groupnorm": True, "attention_head_dim": [2, 4, 4, 8], "motion_module_mid_block": True},
+        {"motion_module_decoder_only": True, "center_input_sample": True, "use_linear_projection": True},
+    ],
+)
+def test_config_variants_build_and_run(tiny_config, change):
+    config = {**tiny_config, **change}
+    unet = UNet3DConditionModel.from_config(config).eval()
+    sample = torch.randn(1, 13, 3, 8, 8)
+    audio = torch.randn(3, 50, 384)
+    with torch.no_grad():
+        out = unet(sample, 500, encoder_hidden_states=audio).sample
+    assert out.shape == (1, 4, 3, 8, 8) and torch.isfinite(out).all()
+    has_motion = any(m is not None for m in unet.down_blocks[0].motion_modules)
+    assert has_motion == (config["use_motion_module"] and not config.get("motion_module_decoder_only", False))
+
+
+def test_window_length_and_odd_sizes(tiny_unet):
+    # A last window shorter than 16 frames, and a latent size that is not a multiple of 8.
+    with torch.no_grad():
+        out = tiny_unet(torch.randn(2, 13, 5, 12, 12), torch.tensor(10), encoder_hidden_states=torch.randn(10, 50, 384)).sample
+    assert out.shape == (2, 4, 5, 12, 12)
+
+
+def test_deepcache_skips_deep_blocks_between_full_steps(tiny_unet):
+    """The DeepCache package's helper must find the official block structure and cache it."""
+    from latentsync.denoise import deepcache, load_scheduler
+
+    scheduler = load_scheduler()
+    scheduler.set_timesteps(6)
+    calls = {"mid": 0}
+    hook = tiny_unet.mid_block.attentions[0].register_forward_hook(lambda *_: calls.__setitem__("mid", calls["mid"] + 1))
+    torch.manual_seed(0)
+    sample, audio = torch.randn(2, 13, 16, 8, 8), torch.randn(32, 50, 384)
+    try:
+        with torch.no_grad():
+            plain = [tiny_unet(sample, t, encoder_hidden_states=audio).sample for t in scheduler.timesteps]
+            calls["mid"] = 0
+            with deepcache(tiny_unet, scheduler):
+                cached = [tiny_unet(sample, t, encoder_hidden_states=audio).sample for t in scheduler.timesteps]
+    finally:
+        hook.remove()
+    assert calls["mid"] == 2  # only steps 0 and 3 of 6 run the deep part
+    for step in (0, 3):
+        assert torch.allclose(plain[step], cached[step], atol=1e-6)
+    # Between full steps the deep features are stale (older timestep), so outputs differ, but modestly.
+    for step in (1, 2, 4, 5):
+        relative = ((plain[step] - cached[step]).norm() / plain[step].norm()).item()
+        assert 0 < relative < 0.1
+    with torch.no_grad():  # leaving the block restores the plain model
+        again = tiny_unet(sample, scheduler.timesteps[1], encoder_hidden_states=audio).sample
+    assert torch.equal(again, plain[1])
+
+
+@pytest.mark.slow
+def test_loading_a_full_size_checkpoint_holds_one_copy(tmp_path):
+    """Peak RSS while loading a random full-size checkpoint stays within 1.3x the file size."""
+    checkpoint = tmp_path / "latentsync_unet.pt"
+    script = (
+        "import sys, torch\n"
+        "from latentsync.config import UNET_CONFIGS, load_yaml\n"
+        "from latentsync.models.unet import UNet3DConditionModel\n"
+        "config = load_yaml(UNET_CONFIGS['1.5'])['model']\n"
+        "with torch.device('meta'):\n"
+        "    unet = UNet3DConditionModel.from_config(config)\n"
+        "state = {k: torch.randn(v.shape) * 0.01 for k, v in unet.state_dict().items()}\n"
+        "torch.save({'state_dict': state}, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(checkpoint)], check=True)
+    measure = (
+        "import resource, sys, torch\n"
+        "from latentsync.config import UNET_CONFIGS, load_yaml\n"
+        "from latentsync.models.unet import UNet3DConditionModel\n"
+        "unet = UNet3DConditionModel.from_checkpoint(load_yaml(UNET_CONFIGS['1.5'])['model'], sys.argv[1])\n"
+        "total = sum(p.float().sum().item() for p in unet.parameters())  # touch every weight\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", measure, str(checkpoint)], check=True, capture_output=True, text=True)
+    peak = int(result.stdout.strip().splitlines()[-1])
+    size = checkpoint.stat().st_size
+    print(f"checkpoint {size / 1e9:.2f} GB, peak RSS {peak / 1e9:.2f} GB ({peak / size:.2f}x)")
+    assert peak <= 1.3 * size
