@@ -1,0 +1,117 @@
+"""Face alignment and paste-back against the official arithmetic (reference/align_restore.npz)."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentsync.face.align import FaceAligner
+
+
+@pytest.fixture(scope="module")
+def ref(reference):
+    return dict(np.load(reference / "align_restore.npz"))
+
+
+def within_one_grey_level(a, b, share=0.999):
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return (diff <= 1).mean() >= share
+
+
+def test_affine_and_crop_match_the_official(ref):
+    aligner = FaceAligner(int(ref["resolution"]))
+    crop, affine = aligner.warp(ref["frame"], ref["landmarks3"])
+    assert np.abs(affine - ref["affine"]).max() < 1e-4
+    assert crop.shape == ref["face"].shape == (280, 210, 3)
+    assert within_one_grey_level(crop, ref["face"])
+
+
+def test_restore_matches_the_official(ref):
+    aligner = FaceAligner(int(ref["resolution"]))
+    restored = aligner.restore(ref["frame"], ref["newface"], ref["affine"])
+    assert within_one_grey_level(restored, ref["restored"])
+    # a face given at the model resolution is resized to the crop size first (bicubic, antialiased)
+    at_resolution = F.interpolate(torch.from_numpy(ref["newface"])[None], size=(256, 256), mode="bicubic", antialias=True)[0]
+    resized_like_the_official = F.interpolate(at_resolution[None], size=(280, 210), mode="bicubic", antialias=True)[0]
+    assert np.array_equal(
+        aligner.restore(ref["frame"], at_resolution, ref["affine"]),
+        aligner.restore(ref["frame"], resized_like_the_official, ref["affine"]),
+    )
+
+
+def test_restore_leaves_everything_outside_the_face_untouched(ref):
+    aligner = FaceAligner(256)
+    restored = aligner.restore(ref["frame"], ref["newface"], ref["affine"])
+    inverse = cv2.invertAffineTransform(ref["affine"].astype(np.float64))
+    corners = np.array([[-1, -1, 1], [210, -1, 1], [-1, 280, 1], [210, 280, 1]]) @ inverse.T  # bilinear reach
+    x0, y0 = np.floor(corners.min(0)).astype(int)
+    x1, y1 = np.ceil(corners.max(0)).astype(int)
+    outside = np.ones(restored.shape[:2], bool)
+    outside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = False
+    assert np.array_equal(restored[outside], ref["frame"][outside])
+    assert (restored[~outside] != ref["frame"][~outside]).mean() > 0.5  # the face region did change
+
+
+def whole_frame_restore(frame, face, affine):
+    """The official restore restated on the whole frame (float32), for comparison."""
+    h, w = frame.shape[:2]
+    inverse = cv2.invertAffineTransform(affine.astype(np.float64))
+    face = np.ascontiguousarray(np.transpose(face, (1, 2, 0)))
+    warped = cv2.warpAffine(face, inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(127.0,) * 3)
+    warped = np.clip(warped / 2 + 0.5, 0, 1) * 255
+    mask = cv2.warpAffine(np.ones(face.shape[:2], np.float32), inverse, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.erode(mask, np.ones((2, 2), np.uint8), anchor=(1, 1))
+    edge = int(mask.sum() ** 0.5) // 20
+    centre = cv2.erode(mask, np.ones((2 * edge, 2 * edge), np.uint8))
+    k = 2 * edge + 1
+    soft = cv2.GaussianBlur(centre, (k, k), 0.3 * ((k - 1) * 0.5 - 1) + 0.8, borderType=cv2.BORDER_REFLECT_101)[..., None]
+    return (soft * warped * mask[..., None] + (1 - soft) * frame).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (-560, -640), (430, 1100)])
+def test_region_restore_equals_whole_frame_arithmetic(ref, shift):
+    """Including faces that run off the frame's edges (the shifts move the face partly outside)."""
+    affine = ref["affine"].astype(np.float64).copy()
+    affine[:, 2] -= affine[:, :2] @ np.array(shift, dtype=np.float64)
+    ours = FaceAligner(256).restore(ref["frame"], ref["newface"], affine)
+    expected = whole_frame_restore(ref["frame"], ref["newface"], affine)
+    assert within_one_grey_level(ours, expected, share=0.9999)
+
+
+def test_identity_round_trip_keeps_the_picture(ref):
+    """Warping a face out and pasting it straight back barely changes the frame."""
+    aligner = FaceAligner(256)
+    crop, affine = aligner.warp(ref["frame"], np.array([[596.0, 669.0], [704.0, 696.0], [631.0, 736.0]]))
+    face = torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1
+    restored = aligner.restore(ref["frame"], face, affine)
+    mse = np.mean((restored.astype(float) - ref["frame"].astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 40
+
+
+def test_smoothing_mixes_the_previous_offset_and_reset_forgets_it(ref):
+    landmarks = ref["landmarks3"].astype(np.float64)
+    moved = landmarks + np.array([[0.0, 0.0], [0.0, 0.0], [6.0, 4.0]])  # only the nose moves
+    fresh = FaceAligner(256)
+    unsmoothed = fresh.affine(moved, smooth=False)
+    first = fresh.affine(moved)  # no history: offset is this frame's own
+    assert np.allclose(first[:, :2], unsmoothed[:, :2])
+
+    aligner = FaceAligner(256)
+    aligner.affine(landmarks)
+    second = aligner.affine(moved)
+    assert not np.allclose(second, first, atol=1e-5)  # history pulls the offset toward the first frame
+    offset_first = first[:, 2] - unsmoothed[:, 2]
+    offset_landmarks = aligner.affine(landmarks, smooth=False)
+    aligner.reset()
+    assert np.allclose(aligner.affine(moved), first, atol=1e-6)
+    assert offset_landmarks.shape == (2, 3) and np.all(np.isfinite(offset_first))
+
+
+def test_model_input_is_the_lanczos_resized_crop(ref):
+    aligner = FaceAligner(512)
+    assert aligner.crop_size == (210 * 2, 280 * 2)
+    crop, affine = aligner.warp(ref["frame"], ref["landmarks3"])
+    face = aligner.model_input(ref["frame"], affine)
+    assert face.shape == (512, 512, 3) and face.dtype == np.uint8
+    assert np.array_equal(face, cv2.resize(crop, (512, 512), interpolation=cv2.INTER_LANCZOS4))
