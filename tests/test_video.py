@@ -1,0 +1,157 @@
+"""Streaming video I/O through the real ffmpeg binary."""
+
+import subprocess
+
+import numpy as np
+import psutil
+import pytest
+
+from latentsync.video import MediaError, VideoWriter, frames_in_order, probe, probe_video, read_frames
+
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory, assets):
+    """Small clips derived from the demo: 2 s at 30 and 24 fps, 360x640 at 25 fps."""
+    folder = tmp_path_factory.mktemp("clips")
+    source = assets / "demo1_video.mp4"
+    for name, fps in (("c30.mp4", 30), ("c24.mp4", 24), ("c25.mp4", 25)):
+        ffmpeg("-i", source, "-t", 2, "-vf", f"scale=360:640,fps={fps}", "-c:v", "libx264", "-g", 12, "-c:a", "aac", folder / name)
+    return folder
+
+
+def test_probe_reads_the_demo(assets):
+    info = probe(assets / "demo1_video.mp4")
+    assert (info.width, info.height, info.fps) == (1080, 1920, 25.0)
+    assert info.duration == pytest.approx(10.0, abs=0.05) and info.has_audio and info.sample_rate == 44100
+
+
+def test_probe_errors_are_clear(tmp_path, assets):
+    with pytest.raises(MediaError, match="File not found: missing.mp4"):
+        probe(tmp_path / "missing.mp4")
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(MediaError, match="empty"):
+        probe(empty)
+    text = tmp_path / "text.mp4"
+    text.write_text("hello, I am not a video\n" * 10)
+    with pytest.raises(MediaError, match="not a readable audio or video file"):
+        probe(text)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes((assets / "demo1_video.mp4").read_bytes()[:20000])
+    with pytest.raises(MediaError):
+        probe_video(truncated)
+    with pytest.raises(MediaError, match="has no video stream"):
+        probe_video(assets / "demo1_audio.wav")
+
+
+@pytest.mark.parametrize("name,fps", [("c30.mp4", 30), ("c24.mp4", 24), ("c25.mp4", 25)])
+def test_frame_counts_at_the_model_rate_and_the_source_rate(clips, name, fps):
+    at_25 = sum(1 for _ in read_frames(clips / name, 25))
+    at_source = sum(1 for _ in read_frames(clips / name, fps))
+    assert at_25 == 50
+    assert at_source == 2 * fps
+
+
+def test_seeking_returns_the_frames_a_full_decode_does(clips):
+    path = clips / "c30.mp4"  # resampled 30 -> 25 fps, keyframes every 12 source frames
+    full = [frame.copy() for frame in read_frames(path, 25)]
+    for start in (1, 17, 33, 49):
+        part = list(read_frames(path, 25, start=start, count=3))
+        assert all(np.array_equal(a, b) for a, b in zip(part, full[start : start + 3]))
+    order = [40, 41, 42, 42, 41, 40, 39, 5, 6, 6, 7, 49, 0]
+    assert all(np.array_equal(frame, full[i]) for frame, i in zip(frames_in_order(path, 25, order), order))
+
+
+def test_rotation_metadata_is_honoured(tmp_path, clips):
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-i", clips / "c25.mp4", "-c", "copy", "-metadata:s:v:0", "rotate=90", rotated)
+    info = probe(rotated)
+    assert info.rotation in (90, 270) and (info.width, info.height) == (640, 360)
+    frame = next(read_frames(rotated, 25))
+    assert frame.shape == (360, 640, 3)
+
+
+def test_odd_dimensions_round_trip(tmp_path, clips):
+    odd = tmp_path / "odd.mp4"
+    ffmpeg("-i", clips / "c25.mp4", "-vf", "scale=361:641", "-c:v", "libx264", "-pix_fmt", "yuv444p", odd)
+    frames = list(read_frames(odd, 25))
+    assert frames[0].shape == (641, 361, 3)
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, 361, 641, 25) as writer:
+        for frame in frames:
+            writer.write(frame)
+    info = probe(out)
+    assert (info.width, info.height) == (362, 642)  # padded by one pixel to even sizes for yuv420p
+    decoded = next(read_frames(out, 25))
+    assert np.abs(decoded[:641, :361].astype(int) - frames[0].astype(int)).mean() < 3
+
+
+def write_clip(path, frames, fps=25, audio=None):
+    with VideoWriter(path, frames[0].shape[1], frames[0].shape[0], fps, audio_path=audio) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return probe(path)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 4.0])
+def test_writer_cuts_or_pads_the_original_audio(tmp_path, clips, assets, seconds):
+    frames = [frame.copy() for frame in read_frames(clips / "c25.mp4", 25)]
+    frames = (frames * 3)[: int(seconds * 25)]  # 2 s of source: cut to 1 s or looped to 4 s
+    for audio in (assets / "demo1_audio.wav", assets / "demo1_video.mp4"):  # PCM is encoded, AAC copied
+        info = write_clip(tmp_path / f"out{seconds}.mp4", frames, audio=audio)
+        source = probe(audio)
+        assert info.video_codec == "h264" and info.pix_fmt == "yuv420p" and info.fps == 25
+        assert info.audio_codec == "aac" and info.sample_rate == source.sample_rate and info.channels == source.channels
+        assert info.duration == pytest.approx(seconds, abs=0.05)
+        assert info.audio_duration == pytest.approx(seconds, abs=0.05)
+
+
+def test_writer_pads_short_audio_with_silence(tmp_path, clips):
+    short = tmp_path / "short.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=0.5", short)
+    frames = [frame.copy() for frame in read_frames(clips / "c25.mp4", 25)]
+    out = tmp_path / "padded.mp4"
+    info = write_clip(out, frames, audio=short)
+    assert info.audio_duration == pytest.approx(2.0, abs=0.05)
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"], capture_output=True, check=True).stdout
+    samples = np.frombuffer(pcm, np.int16).astype(float)
+    assert np.abs(samples[: 8000 // 4]).mean() > 1000 and np.abs(samples[8000 :]).max() < 50  # tone, then silence
+
+
+def test_writer_leaves_nothing_behind_on_error(tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(out, 64, 64, 25) as writer:
+            writer.write(np.zeros((64, 64, 3), np.uint8))
+            raise RuntimeError("the model failed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="Frame must be uint8"):
+        with VideoWriter(out, 64, 64, 25) as writer:
+            writer.write(np.zeros((32, 64, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_file_names_are_just_names(tmp_path, clips):
+    weird = tmp_path / "-rf ; echo $(touch pwned) 'quote\" ünï cödé.mp4"
+    weird.write_bytes((clips / "c25.mp4").read_bytes())
+    frames = list(read_frames(weird, 25))
+    assert len(frames) == 50
+    out = tmp_path / "out ; $(touch pwned2).mp4"
+    write_clip(out, frames[:5], audio=weird)
+    assert out.exists() and not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+def test_reading_does_not_accumulate_memory(tmp_path, clips):
+    long_clip = tmp_path / "long.mp4"
+    ffmpeg("-stream_loop", 14, "-i", clips / "c25.mp4", "-c", "copy", long_clip)  # 30 s
+    process = psutil.Process()
+    rss = []
+    for index, frame in enumerate(read_frames(long_clip, 25)):
+        if index in (50, 700):
+            rss.append(process.memory_info().rss)
+    assert index >= 740
+    assert rss[1] - rss[0] < 20e6
