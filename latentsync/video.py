@@ -213,12 +213,14 @@ class VideoWriter:
     """Encode frames to an H.264 mp4 with the original audio, in one ffmpeg process.
 
     Use as a context manager. The file appears at `path` only when everything succeeded; on any
-    error the partial file is removed. Audio from `audio_path` keeps its sample rate and channels
+    error the partial files are removed. The encoded video waits in `work_dir` (default: next to
+    `path`) until the audio is added. Audio from `audio_path` keeps its sample rate and channels
     and is cut or padded with silence to the video's length (frames written / fps).
     """
 
-    def __init__(self, path, width: int, height: int, fps: float, audio_path=None, crf: int = 18, preset: str = "medium"):
+    def __init__(self, path, width: int, height: int, fps: float, audio_path=None, crf: int = 18, preset: str = "medium", work_dir=None):
         self.path = Path(path)
+        self.work_dir = Path(work_dir) if work_dir else self.path.parent  # for the video-only intermediate
         self.width, self.height, self.fps = width, height, fps
         self.audio_path = audio_path
         self.crf, self.preset = crf, preset
@@ -227,7 +229,7 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
+        handle, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".video.mp4", dir=self.work_dir)
         os.close(handle)
         self._video_only = Path(partial)
         self._errors = tempfile.TemporaryFile()

@@ -1,0 +1,182 @@
+"""The weights manifest and downloader, against a real HTTP server on 127.0.0.1."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import latentsync.weights as weights
+from latentsync.weights import WeightsError, ensure_weights, load_manifest, sha256_of
+from tests.http_fixtures import FileServer, tiny_weights_manifest
+
+UNET = "/tiny/latentsync_unet.pt"
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A file server with the tiny models, their manifest, an empty weights folder; small chunks
+    so the 22 MB tiny U-Net downloads in several parallel ranges; no real waiting in backoff."""
+    monkeypatch.setattr(weights, "CHUNK_SIZE", 2 * 1024 * 1024)
+    monkeypatch.setattr(weights.time, "sleep", lambda seconds: None)
+    monkeypatch.delenv("LATENTSYNC_WEIGHTS_BASE_URL", raising=False)
+    with FileServer(tmp_path / "files") as server:
+        manifest = load_manifest(tiny_weights_manifest(tmp_path, server.url))
+        yield server, manifest, tmp_path / "weights"
+
+
+def test_ensure_weights_downloads_verifies_and_then_trusts_the_cache(served):
+    server, manifest, root = served
+    files = ensure_weights("1.6", root, manifest)
+    assert files.resolution == 64 and files.unet_config.name == "unet_tiny.yaml"
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+    assert (files.vae_dir / "config.json").exists() and files.mask.exists()
+    assert files.insightface_root is None and files.syncnet is None
+    assert len([r for r in server.requests if r["path"] == UNET]) > 5  # parallel ranges
+    assert not list(root.rglob("*.part*"))
+    before = len(server.requests)
+    ensure_weights("1.5", root, manifest)  # same files: nothing to fetch, nothing to re-hash
+    assert len(server.requests) == before
+
+
+def test_a_dropped_connection_resumes_the_chunk(served):
+    server, manifest, root = served
+    server.faults.drop_after[UNET] = 100_000  # mid-chunk
+    files = ensure_weights("1.6", root, manifest)
+    size = manifest.files["unet"].size
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+    assert server.bytes_sent(UNET) < size + 2 * weights.CHUNK_SIZE  # only the broken chunk again
+
+
+def test_an_interrupted_download_continues_where_it_stopped(served):
+    server, manifest, root = served
+    server.faults.fail_range_start[UNET] = 3 * weights.CHUNK_SIZE  # this chunk fails every retry
+    with pytest.raises(WeightsError, match=r"tiny/latentsync_unet.pt from http://127.0.0.1.*HTTP 500.*gave up"):
+        ensure_weights("1.6", root, manifest)
+    assert (root / "tiny" / "latentsync_unet.pt.part.json").exists()
+    first = server.bytes_sent(UNET)
+    server.faults.fail_range_start.clear()
+    files = ensure_weights("1.6", root, manifest)
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+    assert server.bytes_sent(UNET) - first <= weights.CHUNK_SIZE + 1  # just the missing chunk
+
+
+def test_wrong_bytes_are_rejected_and_not_kept(served):
+    server, manifest, root = served
+    server.faults.corrupt.add(UNET)
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for http://127.0.0.1:\d+/tiny/latentsync_unet.pt: expected [0-9a-f]{64}, got"):
+        ensure_weights("1.6", root, manifest)
+    assert not (root / "tiny" / "latentsync_unet.pt").exists()
+    assert not list(root.rglob("latentsync_unet.pt.part*"))
+
+
+def test_a_missing_file_names_file_url_and_status(served):
+    server, manifest, root = served
+    (server.root / "tiny" / "mask.png").unlink()
+    with pytest.raises(WeightsError, match=r"tiny/mask.png from http://127.0.0.1:\d+/tiny/mask.png: HTTP 404"):
+        ensure_weights("1.6", root, manifest)
+
+
+def test_corruption_on_disk_is_detected_and_fetched_again(served):
+    server, manifest, root = served
+    files = ensure_weights("1.6", root, manifest)
+    data = bytearray(files.unet_checkpoint.read_bytes())
+    data[1000:1010] = b"0123456789"
+    files.unet_checkpoint.write_bytes(bytes(data))  # same size, new modification time
+    before = server.bytes_sent(UNET)
+    ensure_weights("1.6", root, manifest)
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+    assert server.bytes_sent(UNET) - before == manifest.files["unet"].size + 1  # + the 1-byte range probe
+
+
+def test_two_processes_download_once(served, tmp_path):
+    server, manifest, root = served
+    script = textwrap.dedent(
+        f"""
+        import latentsync.weights as w
+        w.CHUNK_SIZE = 2 * 1024 * 1024
+        files = w.ensure_weights("1.6", {str(root)!r}, w.load_manifest({str(manifest.source)!r}))
+        print(w.sha256_of(files.unet_checkpoint))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(weights.REPO_ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0].strip() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0]
+    assert outputs == [manifest.files["unet"].sha256] * 2
+    assert server.bytes_sent(UNET) == manifest.files["unet"].size + 1  # fetched once (+ the range probe)
+
+
+def test_base_url_override_serves_every_file_from_a_mirror(served, monkeypatch):
+    server, manifest, root = served
+    for entry in manifest.files.values():
+        entry.urls = [re.sub(r"^http://127.0.0.1:\d+", "https://weights.example.invalid", url) for url in entry.urls]
+    monkeypatch.setenv("LATENTSYNC_WEIGHTS_BASE_URL", server.url)
+    files = ensure_weights("1.6", root, manifest)
+    assert files.whisper.exists()
+
+
+def test_entries_without_a_hash_are_pinned_by_the_first_download(served):
+    server, manifest, root = served
+    manifest.files["mask"].sha256 = None
+    ensure_weights("1.6", root, manifest)
+    lock = json.loads((root / weights.LOCK_FILE).read_text())
+    assert lock["tiny/mask.png"]["sha256"] == sha256_of(server.root / "tiny" / "mask.png")
+    (root / "tiny" / "mask.png").unlink()
+    served_mask = server.root / "tiny" / "mask.png"
+    served_mask.write_bytes(served_mask.read_bytes()[::-1])  # the mirror now sends other bytes
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        ensure_weights("1.6", root, manifest)
+
+
+def test_pget_is_used_when_installed_and_its_output_is_still_verified(served, tmp_path, monkeypatch):
+    """pget (a Go binary) cannot be installed here, so a stand-in script takes its place on PATH:
+    it records its arguments and fetches the URL."""
+    server, manifest, root = served
+    bin_dir, calls = tmp_path / "bin", tmp_path / "pget_calls.txt"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "pget"
+    stand_in.write_text(
+        f"#!{sys.executable}\n"
+        "import sys, urllib.request\n"
+        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "urllib.request.urlretrieve(sys.argv[-2], sys.argv[-1])\n"
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    files = ensure_weights("1.6", root, manifest)
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+    first_call = calls.read_text().splitlines()[0].split()
+    assert first_call[0] == "-f" and first_call[1].startswith(server.url) and first_call[2].endswith(".part")
+    files.whisper.unlink()
+    server.faults.corrupt.add("/tiny/whisper/tiny.pt")
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        ensure_weights("1.6", root, manifest)
+
+
+def test_manifest_errors_are_clear(tmp_path):
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{not json")
+    with pytest.raises(WeightsError, match="Cannot read the weights manifest"):
+        load_manifest(bad)
+    bad.write_text(json.dumps({"files": {"a": {"path": "a.bin", "urls": ["http://x/a"]}}, "versions": {"1.6": {"unet_config": "c.yaml", "resolution": 512, "files": {"unet": "b"}}}}))
+    with pytest.raises(WeightsError, match="unknown files"):
+        load_manifest(bad)
+    with pytest.raises(WeightsError, match="Unknown model version '2.0'"):
+        load_manifest().files_for("2.0")
+
+
+def test_the_product_manifest_is_complete():
+    manifest = load_manifest(weights.DEFAULT_MANIFEST)
+    assert set(manifest.versions) == {"1.5", "1.6"}
+    assert (manifest.versions["1.5"].resolution, manifest.versions["1.6"].resolution) == (256, 512)
+    for version in manifest.versions.values():
+        assert set(version.files) == set(weights.ROLES)
+        assert version.unet_config.exists()
+    for entry in manifest.files.values():
+        assert entry.urls and all(url.startswith("https://") for url in entry.urls)
+        assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256) and entry.license
+    assert manifest.files["unet-1.6"].path == "latentsync_unet.pt"  # the official command line's path
