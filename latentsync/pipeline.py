@@ -29,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 from .audio import AudioEncoder, frame_chunks, load_audio, silent_spans
-from .config import AUDIO_SAMPLE_RATE, MODEL_FPS, NUM_FRAMES
+from .config import AUDIO_SAMPLE_RATE, MODEL_FPS, NUM_FRAMES, load_yaml
 from .denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae, unet_device_dtype
 from .face.align import FaceAligner
 from .face.detect import create_detector
 from .face.track import build_tracks, choose_speaker
+from .models.unet import UNet3DConditionModel
 from .planner import (
     Action,
     LengthMode,
@@ -154,8 +155,13 @@ class LipsyncPipeline:
         self._model_lock = threading.Lock()
 
     @classmethod
-    def from_files(cls, unet, files, device="cpu", dtype=torch.float32, face_detector="auto", version=""):
-        """Build the pipeline around a loaded U-Net from weight files (a `latentsync.weights.ModelFiles`)."""
+    def from_files(cls, files, device=None, face_detector="auto", unet=None):
+        """Load every component from weight files (a `latentsync.weights.ModelFiles`).
+
+        `unet` may be passed in already loaded (e.g. to switch versions while keeping the rest).
+        """
+        device, dtype = default_device_and_dtype() if device is None else (torch.device(device), model_dtype(device))
+        unet = unet or load_unet(files, device, dtype)
         return cls(
             unet=unet,
             vae=load_vae(files.vae_dir, device=device, dtype=dtype),
@@ -165,7 +171,7 @@ class LipsyncPipeline:
             mask=load_training_mask(files.mask, files.resolution),
             resolution=files.resolution,
             sync_scorer=SyncNetScorer(files.syncnet, device=device) if files.syncnet and Path(files.syncnet).exists() else None,
-            version=version,
+            version=files.version,
         )
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None) -> LipsyncResult:
@@ -440,6 +446,24 @@ class LipsyncPipeline:
             "options": json.loads(json.dumps(asdict(options))),
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
+
+
+def model_dtype(device) -> torch.dtype:
+    """float16 on CUDA GPUs of compute capability 8 or newer, float32 elsewhere (as the official)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.float16
+    return torch.float32
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, model_dtype(device)
+
+
+def load_unet(files, device="cpu", dtype=torch.float32) -> UNet3DConditionModel:
+    """The U-Net of `files` (config + checkpoint), loaded without a second copy in memory."""
+    return UNet3DConditionModel.from_checkpoint(load_yaml(files.unet_config)["model"], files.unet_checkpoint, device, dtype)
 
 
 def _report_entries(span: Span, fps: float) -> list[dict]:

@@ -124,9 +124,16 @@ def ensure_weights(version: str, weights_dir=None, manifest: Manifest | None = N
     """Local, verified paths for every file of `version`, downloading what is missing or broken."""
     manifest = manifest or load_manifest()
     root = Path(weights_dir or default_weights_dir())
-    entries = manifest.files_for(version)
-    for entry in entries.values():
+    for entry in manifest.files_for(version).values():
         ensure_file(entry, root)
+    return model_files(version, root, manifest)
+
+
+def model_files(version: str, weights_dir=None, manifest: Manifest | None = None) -> ModelFiles:
+    """Where `version`'s files live under the weights folder (nothing is checked or fetched)."""
+    manifest = manifest or load_manifest()
+    root = Path(weights_dir or default_weights_dir())
+    entries = manifest.files_for(version)
     spec = manifest.versions[version]
 
     def path(role):

@@ -1,0 +1,133 @@
+"""Lip-sync a video to an audio track from the command line.
+
+Accepts the official LatentSync flags, so its documented command works unchanged:
+
+    python -m scripts.inference --unet_config_path configs/unet/stage2_512.yaml \\
+        --inference_ckpt_path checkpoints/latentsync_unet.pt \\
+        --video_path assets/demo1_video.mp4 --audio_path assets/demo1_audio.wav \\
+        --video_out_path video_out.mp4 --inference_steps 20 --guidance_scale 1.5
+
+Model files default to the weights folder (`python -m scripts.download_weights --version 1.6`
+fetches them). A JSON report of what was regenerated and why is written next to the output.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from latentsync.config import UNET_CONFIGS, load_yaml
+from latentsync.pipeline import LipsyncOptions, LipsyncPipeline, NoFaceError
+from latentsync.planner import LengthMode
+from latentsync.weights import WeightsError, load_manifest, model_files
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    official = parser.add_argument_group("official flags")
+    official.add_argument("--unet_config_path", default=str(UNET_CONFIGS["1.6"]), help="U-Net config (stage2.yaml = 1.5, stage2_512.yaml = 1.6)")
+    official.add_argument("--inference_ckpt_path", default=None, help="U-Net checkpoint (default: the config's version in the weights folder)")
+    official.add_argument("--video_path", required=True)
+    official.add_argument("--audio_path", required=True, help="audio file, or a video whose audio track to use")
+    official.add_argument("--video_out_path", required=True)
+    official.add_argument("--inference_steps", type=int, default=None, help="denoising steps (default: the config's, 20)")
+    official.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (default: the config's, 1.5)")
+    official.add_argument("--temp_dir", default=None, help="parent folder for this job's temporary files")
+    official.add_argument("--seed", type=int, default=1247, help="random seed; -1 picks one at random")
+    official.add_argument("--enable_deepcache", action="store_true", help="reuse deep U-Net features between steps (faster)")
+
+    models = parser.add_argument_group("model files")
+    models.add_argument("--weights_dir", default=None, help="weights folder (default: $LATENTSYNC_WEIGHTS_DIR or checkpoints/)")
+    models.add_argument("--whisper_path", default=None)
+    models.add_argument("--vae_path", default=None, help="diffusers AutoencoderKL folder")
+    models.add_argument("--mask_path", default=None)
+    models.add_argument("--syncnet_path", default=None, help="syncnet_v2.model, for sync-confidence scores")
+    models.add_argument("--face_detector", choices=["auto", "insightface", "mediapipe"], default="auto")
+    models.add_argument("--resolution", type=int, default=None, help="face size (default: the config's data.resolution)")
+    models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+
+    production = parser.add_argument_group("production options")
+    production.add_argument("--report_path", default=None, help="JSON report (default: <output>.report.json)")
+    production.add_argument("--length_mode", choices=[m.value for m in LengthMode], default="bounce")
+    production.add_argument("--no_skip_silence", action="store_true", help="regenerate silent stretches too")
+    production.add_argument("--keep_source_fps", action="store_true", help="keep a 24-30 fps source's rate instead of 25")
+    production.add_argument("--speaker_point", default=None, help="x,y,frame: lip-sync the face at this point")
+    production.add_argument("--speaker_box", default=None, help="x1,y1,x2,y2,frame: lip-sync the face in this box")
+    production.add_argument("--min_sync_confidence", type=float, default=None)
+    production.add_argument("--low_sync_action", choices=["regenerate", "passthrough"], default="regenerate")
+    production.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+    args = parser.parse_args(argv)
+    if args.inference_steps is not None and args.inference_steps < 1:
+        parser.error("--inference_steps must be at least 1")
+    return args
+
+
+def _numbers(text: str | None, count: int, flag: str) -> tuple | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != count:
+        raise SystemExit(f"error: {flag} needs {count} comma-separated numbers, got {text!r}")
+    values = [float(p) for p in parts[:-1]] + [int(parts[-1])]
+    return tuple(values)
+
+
+def resolve_files(args, config: dict):
+    """Model files from the flags, defaulting to the weights folder layout of the config's version."""
+    manifest = load_manifest()
+    config_path = Path(args.unet_config_path).resolve()
+    version = next((v for v, spec in manifest.versions.items() if spec.unet_config.resolve() == config_path), None)
+    resolution = args.resolution or config.get("data", {}).get("resolution") or 256
+    if version is None:  # a custom config: take the defaults of the version with that resolution
+        version = next((v for v, spec in manifest.versions.items() if spec.resolution == resolution), "1.6")
+    files = model_files(version, args.weights_dir, manifest)
+    files.unet_config, files.resolution = Path(args.unet_config_path), resolution
+    for flag, field in (("inference_ckpt_path", "unet_checkpoint"), ("whisper_path", "whisper"), ("vae_path", "vae_dir"), ("mask_path", "mask"), ("syncnet_path", "syncnet")):
+        if getattr(args, flag):
+            setattr(files, field, Path(getattr(args, flag)))
+    missing = [str(p) for p in (files.unet_checkpoint, files.whisper, files.vae_dir / "config.json", files.mask) if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: model files not found: {', '.join(missing)}. Run `python -m scripts.download_weights --version {version}` or pass their paths.")
+    return files
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for path in (args.video_path, args.audio_path):
+        if not Path(path).exists():
+            print(f"error: file not found: {path}", file=sys.stderr)
+            return 1
+    config = load_yaml(args.unet_config_path)
+    run = config.get("run", {})
+    seed = args.seed if args.seed != -1 else int(torch.seed() % 2**31)
+    print(f"Seed: {seed}")
+    try:
+        options = LipsyncOptions(
+            num_inference_steps=args.inference_steps or run.get("inference_steps", 20),
+            guidance_scale=args.guidance_scale if args.guidance_scale is not None else run.get("guidance_scale", 1.5),
+            seed=seed,
+            enable_deepcache=args.enable_deepcache,
+            length_mode=args.length_mode,
+            skip_silence=not args.no_skip_silence,
+            keep_source_fps=args.keep_source_fps,
+            speaker_point=_numbers(args.speaker_point, 3, "--speaker_point"),
+            speaker_box=_numbers(args.speaker_box, 5, "--speaker_box"),
+            min_sync_confidence=args.min_sync_confidence,
+            low_sync_action=args.low_sync_action,
+            crf=args.crf,
+        )
+        pipeline = LipsyncPipeline.from_files(resolve_files(args, config), device=args.device, face_detector=args.face_detector)
+        result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir)
+    except (ValueError, WeightsError, FileNotFoundError, NoFaceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    report = result.report
+    print(f"Wrote {result.output_path} ({report['frames']} frames, {report['frames_generated']} regenerated) and {result.report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

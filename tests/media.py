@@ -1,0 +1,58 @@
+"""Helpers for end-to-end tests: the pipeline on tiny random-weight models, clips made with the
+ffmpeg binary, and frame comparisons."""
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from latentsync.audio import AudioEncoder
+from latentsync.config import load_yaml
+from latentsync.denoise import load_scheduler, load_training_mask, load_vae
+from latentsync.face.detect import create_detector
+from latentsync.models.unet import UNet3DConditionModel
+from latentsync.pipeline import LipsyncPipeline
+from latentsync.video import read_frames
+from tests.conftest import ASSETS, REFERENCE
+
+TINY_RESOLUTION = 64  # the tiny U-Net's sample_size 8 x the VAE's 8
+
+
+def tiny_pipeline(sync_scorer=None) -> LipsyncPipeline:
+    """The whole pipeline with the reference's tiny random models and MediaPipe faces."""
+    unet = UNet3DConditionModel.from_checkpoint(load_yaml(REFERENCE / "unet_tiny.yaml")["model"], REFERENCE / "unet_tiny.pt")
+    return LipsyncPipeline(
+        unet=unet,
+        vae=load_vae(REFERENCE / "vae_tiny"),
+        scheduler=load_scheduler(),
+        audio_encoder=AudioEncoder(REFERENCE / "whisper_tiny_random.pt"),
+        face_detector=create_detector("mediapipe"),
+        mask=load_training_mask(ASSETS / "mask.png", TINY_RESOLUTION),
+        resolution=TINY_RESOLUTION,
+        sync_scorer=sync_scorer,
+        version="tiny",
+    )
+
+
+def ffmpeg(*args) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+def small_clip(path: Path, seconds: float = 4.0, start: float = 0.0, size: str = "540:960") -> Path:
+    """A shorter, smaller cut of demo1 (video and its own audio), fast to process."""
+    ffmpeg("-ss", start, "-i", ASSETS / "demo1_video.mp4", "-t", seconds, "-vf", f"scale={size}", "-c:v", "libx264", "-crf", 12, "-c:a", "aac", path)
+    return path
+
+
+def speech(path: Path, seconds: float, start: float = 0.0) -> Path:
+    ffmpeg("-ss", start, "-i", ASSETS / "demo1_audio.wav", "-t", seconds, path)
+    return path
+
+
+def frames(path: Path, fps: float = 25.0) -> np.ndarray:
+    return np.stack([frame.copy() for frame in read_frames(path, fps)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
