@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .audio import AudioEncoder, frame_chunks, load_audio, silent_spans
+from .cache import cache_key, place
 from .config import AUDIO_SAMPLE_RATE, MODEL_FPS, NUM_FRAMES, load_yaml
 from .denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae, unet_device_dtype
 from .face.align import FaceAligner
@@ -141,7 +142,7 @@ class LipsyncPipeline:
         version: model version label for reports.
     """
 
-    def __init__(self, unet, vae, scheduler, audio_encoder, face_detector, mask, resolution, sync_scorer=None, version=""):
+    def __init__(self, unet, vae, scheduler, audio_encoder, face_detector, mask, resolution, sync_scorer=None, version="", cache=None, model_id=None):
         self.unet = unet
         self.vae = vae
         self.scheduler = scheduler
@@ -151,6 +152,8 @@ class LipsyncPipeline:
         self.resolution = resolution
         self.sync_scorer = sync_scorer
         self.version = version
+        self.cache = cache  # a latentsync.cache.ResultCache, or None
+        self.model_id = model_id or version  # identifies the weights in result-cache keys
         # One window at a time on the model: the scheduler and DeepCache keep per-window state.
         self._model_lock = threading.Lock()
 
@@ -178,11 +181,26 @@ class LipsyncPipeline:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
-        Intermediate files live in a private folder under `temp_dir`, removed afterwards.
+        Intermediate files live in a private folder under `temp_dir`, removed afterwards. With a
+        result cache, a repeated request is answered from the cache without running the model.
         """
         options = options or LipsyncOptions()
-        video_path, audio_path, output_path = Path(video_path), Path(audio_path), Path(output_path)
+        output_path = Path(output_path)
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
+        if self.cache is None:
+            return self._run(Path(video_path), Path(audio_path), output_path, options, report_path, temp_dir)
+
+        def produce(folder: Path) -> None:
+            self._run(Path(video_path), Path(audio_path), folder / "output.mp4", options, folder / "report.json", temp_dir)
+
+        key = cache_key(video_path, audio_path, asdict(options), self.model_id)
+        cached = self.cache.get_or_create(key, produce)
+        place(cached.dir / "output.mp4", output_path)
+        report = {**json.loads((cached.dir / "report.json").read_text()), "cache": "hit" if cached.hit else "miss"}
+        _write_json_atomically(report_path, report)
+        return LipsyncResult(output_path=output_path, report=report, report_path=report_path)
+
+    def _run(self, video_path: Path, audio_path: Path, output_path: Path, options: LipsyncOptions, report_path: Path, temp_dir) -> LipsyncResult:
         if temp_dir is not None:
             Path(temp_dir).mkdir(parents=True, exist_ok=True)
         job_dir = Path(tempfile.mkdtemp(prefix="latentsync-job-", dir=temp_dir))
