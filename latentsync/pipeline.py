@@ -393,7 +393,7 @@ class LipsyncPipeline:
                 details.update(
                     sync_confidence_before=details["sync_confidence"],
                     sync_confidence=self._score(span, [_faces_for_scoring(item.faces) for item in retry], plan),
-                    guidance_scale=guidance,
+                    regenerated_with_guidance=guidance,
                 )
         return all(emit(item) for item in windows) and emit(_SpanDone(details))
 

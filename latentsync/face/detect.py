@@ -5,7 +5,7 @@ its box, score and the three alignment landmarks the model's template uses: the 
 the right brow centre (left/right as seen in the image) and the nose centre.
 
 - InsightFace (buffalo_l: det_10g + 2d106det), the detector of the official LatentSync 1.6.
-- MediaPipe face mesh, whose model ships inside the mediapipe wheel: no download needed.
+- MediaPipe face detection + face mesh, whose models ship inside the mediapipe wheel: no download.
 """
 
 import contextlib
@@ -118,28 +118,45 @@ class InsightFaceDetector:
 
 
 class MediaPipeDetector:
-    """MediaPipe face mesh (468 points), each frame on its own (static image mode)."""
+    """MediaPipe: the full-range face detector finds faces (small ones too), then the 468-point face
+    mesh runs on each face's crop. Every frame is processed on its own."""
 
     def __init__(self, max_faces: int = 4):
         import mediapipe as mp
 
-        self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False)
+        self.max_faces = max_faces
+        self.finder = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=MIN_SCORE)
+        self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
 
     def detect(self, frame_rgb: np.ndarray) -> list[FaceDetection]:
+        frame_rgb = np.ascontiguousarray(frame_rgb)
         height, width = frame_rgb.shape[:2]
-        result = self.mesh.process(np.ascontiguousarray(frame_rgb))
+        found = self.finder.process(frame_rgb).detections or []
         faces = []
-        for mesh in result.multi_face_landmarks or []:
-            points = np.array([(p.x * width, p.y * height) for p in mesh.landmark])
-            box = (*points.min(0), *points.max(0))
-            # The mesh's own detector has already required 0.5 confidence; it reports no score per face.
-            if not passes_official_filters(box, 1.0):
+        for detection in sorted(found, key=lambda d: -d.score[0])[: self.max_faces]:
+            box = detection.location_data.relative_bounding_box
+            x, y, w, h = box.xmin * width, box.ymin * height, box.width * width, box.height * height
+            # a square crop around the face with room for the forehead and chin the mesh needs
+            side = 1.8 * max(w, h)
+            x0, y0 = int(max(0, x + w / 2 - side / 2)), int(max(0, y + h / 2 - side / 2))
+            x1, y1 = int(min(width, x + w / 2 + side / 2)), int(min(height, y + h / 2 + side / 2))
+            if x1 - x0 < 16 or y1 - y0 < 16:
+                continue
+            crop = np.ascontiguousarray(frame_rgb[y0:y1, x0:x1])
+            mesh = self.mesh.process(crop).multi_face_landmarks
+            if not mesh:
+                continue
+            points = np.array([(p.x * (x1 - x0) + x0, p.y * (y1 - y0) + y0) for p in mesh[0].landmark])
+            face_box = (*points.min(0), *points.max(0))
+            score = float(detection.score[0])
+            if not passes_official_filters(face_box, score):
                 continue
             landmarks3 = np.array([points[MEDIAPIPE_LEFT_BROW].mean(0), points[MEDIAPIPE_RIGHT_BROW].mean(0), points[MEDIAPIPE_NOSE].mean(0)])
-            faces.append(FaceDetection(tuple(float(v) for v in box), 1.0, landmarks3, estimate_yaw(landmarks3)))
+            faces.append(FaceDetection(tuple(float(v) for v in face_box), score, landmarks3, estimate_yaw(landmarks3)))
         return _largest_first(faces)
 
     def close(self) -> None:
+        self.finder.close()
         self.mesh.close()
 
 

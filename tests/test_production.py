@@ -1,0 +1,207 @@
+"""Production behaviour on real footage shapes: cut-aways, pauses, two faces, length modes,
+out-of-memory recovery, failed windows, sync policies and the result cache."""
+
+import numpy as np
+import pytest
+import torch
+
+import latentsync.pipeline as pipeline_module
+from latentsync.cache import ResultCache
+from latentsync.pipeline import LipsyncOptions, NoFaceError
+from latentsync.sync import SyncNet, SyncNetScorer
+from latentsync.video import probe
+from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
+
+FAST = dict(num_inference_steps=1)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("production")
+    return {"face": small_clip(folder / "face.mp4", seconds=2.0, size="540:960"), "folder": folder}
+
+
+def spans(report, action):
+    return [s for s in report["spans"] if s["action"] == action]
+
+
+def unchanged(source, output, first, last):
+    """Frames [first, last) of the output are the source's, up to the codec."""
+    return psnr(source[first:last], output[first:last]) > 38
+
+
+def test_a_faceless_cutaway_passes_through(pipeline, clips):
+    folder = clips["folder"]
+    cutaway = folder / "cutaway.mp4"
+    ffmpeg(
+        "-i", clips["face"], "-f", "lavfi", "-i", "color=c=0x406080:s=540x960:r=25:d=2", "-i", clips["face"],
+        "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]", "-c:v", "libx264", "-crf", 12, cutaway,
+    )
+    audio = speech(folder / "speech6.wav", 6.0, start=1.0)
+    out = folder / "cutaway_out.mp4"
+    report = pipeline(cutaway, audio, out, LipsyncOptions(**FAST, skip_silence=False)).report
+    no_face = spans(report, "no_face")
+    assert len(no_face) == 1 and abs(no_face[0]["start"] - 2.0) <= 0.08 and abs(no_face[0]["end"] - 4.0) <= 0.08
+    source, output = frames(cutaway), frames(out)
+    assert unchanged(source, output, 51, 99)
+    assert not unchanged(source, output, 0, 48)  # the speaking parts were regenerated
+    assert report["spans"][0]["action"] == "generated" and report["spans"][-1]["action"] == "generated"
+
+
+def test_a_pause_in_the_audio_keeps_the_original_frames(pipeline, clips):
+    folder = clips["folder"]
+    video = folder / "face6.mp4"
+    ffmpeg("-stream_loop", 2, "-i", clips["face"], "-t", 6, "-c:v", "libx264", "-crf", 12, video)
+    paused = folder / "paused.wav"
+    ffmpeg(
+        "-i", speech(folder / "a.wav", 2.0, start=1.0), "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=2", "-i", speech(folder / "b.wav", 2.0, start=4.0),
+        "-filter_complex", "[0:a][1:a][2:a]concat=n=3:v=0:a=1[a]", "-map", "[a]", paused,
+    )
+    out = folder / "paused_out.mp4"
+    report = pipeline(video, paused, out, LipsyncOptions(**FAST)).report
+    silence = [s for s in spans(report, "silence") if s["start"] < 4.0 and s["end"] > 2.0]
+    assert len(silence) == 1 and 2.0 <= silence[0]["start"] <= 2.3 and 3.7 <= silence[0]["end"] <= 4.0
+    assert 0.25 < report["fraction_skipped"] < 0.5
+    first, last = round(silence[0]["start"] * 25) + 3, round(silence[0]["end"] * 25) - 3  # inside the blend ramps
+    assert unchanged(frames(video), frames(out), first, last)
+
+
+@pytest.fixture(scope="module")
+def two_faces(clips, assets):
+    folder = clips["folder"]
+    path = folder / "two_faces.mp4"
+    ffmpeg(
+        "-t", 2, "-i", assets / "demo1_video.mp4", "-t", 2, "-i", assets / "demo1_video.mp4",
+        "-filter_complex", "[0:v]scale=540:960[big];[1:v]scale=480:854,pad=480:960:0:53[small];[big][small]hstack[v]",
+        "-map", "[v]", "-c:v", "libx264", "-crf", 12, path,
+    )
+    return path
+
+
+def face_changed(source, output, x0, x1):
+    return psnr(source[:, :, x0:x1], output[:, :, x0:x1]) < 38
+
+
+def test_the_larger_face_speaks_and_a_point_picks_the_other(pipeline, clips, two_faces):
+    folder = clips["folder"]
+    audio = speech(folder / "speech2.wav", 2.0, start=1.0)
+    source = frames(two_faces)
+    default = folder / "two_default.mp4"
+    pipeline(two_faces, audio, default, LipsyncOptions(**FAST, skip_silence=False))
+    output = frames(default)
+    assert face_changed(source, output, 0, 540) and not face_changed(source, output, 540, 1020)
+    picked = folder / "two_picked.mp4"
+    report = pipeline(two_faces, audio, picked, LipsyncOptions(**FAST, skip_silence=False, speaker_point=(800.0, 380.0, 10))).report
+    output = frames(picked)
+    assert face_changed(source, output, 540, 1020) and not face_changed(source, output, 0, 540)
+    assert report["options"]["speaker_point"] == [800.0, 380.0, 10]
+
+
+@pytest.mark.parametrize("mode,long_audio,expected_s", [
+    ("bounce", True, 6.0), ("loop", True, 6.0), ("cut_off", True, 2.0), ("silence", True, 2.0), ("remap", True, 6.0),
+    ("bounce", False, 0.68), ("loop", False, 0.68), ("cut_off", False, 0.68), ("silence", False, 2.0), ("remap", False, 0.68),
+])
+def test_length_modes(pipeline, clips, mode, long_audio, expected_s):
+    folder = clips["folder"]
+    audio = speech(folder / f"audio_{long_audio}.wav", 6.0 if long_audio else 0.68, start=1.0)
+    out = folder / f"length_{mode}_{long_audio}.mp4"
+    report = pipeline(clips["face"], audio, out, LipsyncOptions(**FAST, length_mode=mode, skip_silence=False)).report
+    info = probe(out)
+    assert abs(info.duration - expected_s) <= 0.04 + 1e-6
+    assert abs(info.audio_duration - expected_s) <= 0.05
+    assert report["frames"] == round(expected_s * 25)
+    if mode == "silence" and not long_audio:
+        assert spans(report, "silence")[-1]["end"] == 2.0  # the tail without audio passes through
+
+
+def test_out_of_memory_is_recovered_with_the_same_output(pipeline, clips, monkeypatch):
+    folder = clips["folder"]
+    audio = speech(folder / "oom.wav", 2.0, start=1.0)
+    options = LipsyncOptions(**FAST, skip_silence=False)
+    clean = folder / "clean.mp4"
+    pipeline(clips["face"], audio, clean, options)
+
+    calls = {"count": 0}
+
+    def out_of_memory_once_per_window(module, args):
+        calls["count"] += 1
+        if args[0].shape[0] == 2:  # the full guidance batch: pretend it does not fit
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+
+    hook = pipeline.unet.register_forward_pre_hook(out_of_memory_once_per_window)
+    try:
+        injected = folder / "injected.mp4"
+        report = pipeline(clips["face"], audio, injected, options).report
+    finally:
+        hook.remove()
+    assert calls["count"] > 0 and report["frames_generated"] > 0
+    assert np.array_equal(frames(clean), frames(injected))
+
+
+def test_a_failing_window_passes_through_and_the_job_goes_on(pipeline, clips, monkeypatch):
+    original = pipeline_module.denoise_window
+    state = {"windows": 0}
+
+    def second_window_breaks(*args, **kwargs):
+        state["windows"] += 1
+        if state["windows"] == 2:
+            raise RuntimeError("simulated driver error")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "denoise_window", second_window_breaks)
+    folder = clips["folder"]
+    audio = speech(folder / "fail.wav", 2.0, start=1.0)
+    report = pipeline(clips["face"], audio, folder / "failed.mp4", LipsyncOptions(**FAST, skip_silence=False)).report
+    failed = spans(report, "passthrough")
+    assert len(failed) == 1 and failed[0]["start"] == 0.64 and failed[0]["end"] == 1.28
+    assert "0.64-1.28 s: simulated driver error" in failed[0]["reason"]
+    assert spans(report, "generated")
+
+
+def test_no_face_anywhere_fails_with_a_clear_message(pipeline, clips):
+    folder = clips["folder"]
+    scenery = folder / "scenery.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", "-c:v", "libx264", scenery)
+    with pytest.raises(NoFaceError, match=r"No usable face was found in any of the 25 frames checked \(1.0 s of video\)"):
+        pipeline(scenery, speech(folder / "s1.wav", 1.0), folder / "none.mp4", LipsyncOptions(**FAST))
+    assert not (folder / "none.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def scored_pipeline(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
+    torch.save({k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return tiny_pipeline(sync_scorer=SyncNetScorer(path, batch_size=16))
+
+
+@pytest.mark.parametrize("action", ["regenerate", "passthrough"])
+def test_low_sync_confidence_policy(scored_pipeline, clips, action):
+    folder = clips["folder"]
+    audio = speech(folder / "sync.wav", 2.0, start=1.0)
+    options = LipsyncOptions(**FAST, skip_silence=False, min_sync_confidence=1e9, low_sync_action=action)
+    report = scored_pipeline(clips["face"], audio, folder / f"sync_{action}.mp4", options).report
+    span = report["spans"][0]
+    assert span["low_sync"]["threshold"] == 1e9 and span["low_sync"]["action"] == action
+    if action == "passthrough":
+        assert span["action"] == "passthrough" and report["frames_generated"] == 0
+    else:
+        assert span["action"] == "generated" and span["regenerated_with_guidance"] == 2.0
+        assert span["sync_confidence_before"] is not None and span["sync_confidence"] is not None
+    assert report["unet_window_steps"] == (8 if action == "regenerate" else 4)  # 4 windows, twice or once
+
+
+def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
+    pipeline = tiny_pipeline()
+    pipeline.cache = ResultCache(tmp_path / "cache")
+    audio = speech(clips["folder"] / "cache.wav", 1.0, start=1.0)
+    first = pipeline(clips["face"], audio, tmp_path / "first.mp4", LipsyncOptions(**FAST)).report
+    monkeypatch.setattr(pipeline_module, "denoise_window", lambda *a, **k: pytest.fail("the model ran on a cache hit"))
+    second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()
