@@ -32,3 +32,8 @@ def load_yaml(path) -> dict:
     """Read a YAML config file (e.g. configs/unet/stage2.yaml) into plain dicts and lists."""
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+# Limits the hosted service enforces on inputs (the library and CLI themselves take any length).
+MAX_INPUT_BYTES = 2 * 1024**3
+MAX_DURATION_S = 600.0
+MAX_FRAME_SIDE = 4096  # 4K (3840x2160 or 4096x2160), portrait or landscape

@@ -177,6 +177,22 @@ class LipsyncPipeline:
             version=files.version,
         )
 
+    def for_version(self, files, unet) -> "LipsyncPipeline":
+        """A pipeline for another model version: its own U-Net, resolution and mask, sharing this
+        one's VAE, audio encoder, face detector, sync scorer and cache."""
+        return LipsyncPipeline(
+            unet=unet,
+            vae=self.vae,
+            scheduler=load_scheduler(),
+            audio_encoder=self.audio_encoder,
+            face_detector=self.face_detector,
+            mask=load_training_mask(files.mask, files.resolution),
+            resolution=files.resolution,
+            sync_scorer=self.sync_scorer,
+            version=files.version,
+            cache=self.cache,
+        )
+
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None) -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
