@@ -1,0 +1,16 @@
+"""Companion client for the hosted lip-sync model on Replicate: idempotent runs, webhooks, and
+long-video fan-out. See `LipSyncClient`."""
+
+from .core import LipSyncClient, LipSyncError, RunResult
+from .params import PARAMETERS, validate
+from .store import Job, SQLiteStore
+from .webhooks import handle_webhook, webhook_app
+
+__all__ = ["Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RunResult", "SQLiteStore", "handle_webhook", "run_long", "validate", "webhook_app"]
+
+
+def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, concurrency: int = 3, **params):
+    """Lip-sync a long video in parallel segments (see `longform.run_long`)."""
+    from .longform import run_long as run_segments  # needs the audio stack (torch, webrtcvad)
+
+    return run_segments(client, video, audio, output_path, max_segment_s=max_segment_s, concurrency=concurrency, **params)

@@ -1,0 +1,95 @@
+"""Long videos: split at pauses near the segment limit, lip-sync the segments in parallel (each
+cached on its own), and stitch the results losslessly under the original audio."""
+
+import math
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..audio import load_audio, silent_spans
+from ..config import MODEL_FPS
+from ..video import MediaError, probe
+
+def cut_points(duration: float, pauses: list[tuple[float, float]], max_segment_s: float) -> list[float]:
+    """Where to cut `duration` seconds into the fewest segments of at most `max_segment_s`.
+
+    Each cut starts at its even share of the duration and moves to the middle of the nearest
+    pause within the slack the limit leaves (so no segment grows past it); cuts land on frame
+    boundaries (1/25 s).
+    """
+    count = math.ceil(duration / max_segment_s)
+    share = duration / count
+    slack = min(0.25 * share, max(0.0, (max_segment_s - share) / 2))
+    points = []
+    for k in range(1, count):
+        ideal = k * share
+        middles = [(a + b) / 2 for a, b in pauses if abs((a + b) / 2 - ideal) <= slack]
+        point = min(middles, key=lambda m: abs(m - ideal)) if middles else ideal
+        points.append(math.floor(point * MODEL_FPS) / MODEL_FPS)
+    return points
+
+
+def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, concurrency: int = 3, attempts: int = 2, **params) -> Path:
+    """Lip-sync a long video as segments of at most `max_segment_s` seconds.
+
+    Segments are cut where the audio pauses, submitted `concurrency` at a time through the
+    client (so each is cached by its content), retried alone if they fail, and joined with
+    ffmpeg's concat (no re-encode) under the original, uncut audio.
+    """
+    video, audio, output_path = Path(video), Path(audio), Path(output_path)
+    duration = probe(audio).audio_duration
+    points = cut_points(duration, silent_spans(load_audio(audio)), max_segment_s)
+    edges = [0.0, *points, duration]
+    with tempfile.TemporaryDirectory(prefix="latentsync-long-") as folder:
+        folder = Path(folder)
+        segments = []
+        for index, (start, end) in enumerate(zip(edges, edges[1:])):
+            segment_video, segment_audio = folder / f"video{index:03d}.mp4", folder / f"audio{index:03d}.wav"
+            _cut(video, segment_video, start, end - start, video=True)
+            _cut(audio, segment_audio, start, end - start, video=False)
+            segments.append((segment_video, segment_audio))
+
+        def lip_sync(segment):
+            for attempt in range(1, attempts + 1):
+                try:
+                    return client.run(*segment, **params).path
+                except Exception:
+                    if attempt == attempts:
+                        raise
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            outputs = list(pool.map(lip_sync, segments))
+        _stitch(outputs, audio, output_path, folder)
+    return output_path
+
+
+def _ffmpeg(*args) -> None:
+    result = subprocess.run(["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error", *map(str, args)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MediaError(f"ffmpeg failed: {result.stderr.strip()[-300:]}")
+
+
+def _cut(source: Path, target: Path, start: float, length: float, video: bool) -> None:
+    """A frame-exact piece of the source (video re-encoded near-losslessly; audio as PCM)."""
+    common = ["-ss", f"{start:.3f}", "-i", f"file:{source}", "-t", f"{length:.3f}"]
+    if video:
+        _ffmpeg(*common, "-map", "0:v:0", "-r", MODEL_FPS, "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", f"file:{target}")
+    else:
+        _ffmpeg(*common, "-map", "0:a:0", "-c:a", "pcm_s16le", f"file:{target}")
+
+
+def _stitch(parts: list[Path], audio: Path, output_path: Path, folder: Path) -> None:
+    """Concatenate the segments' video streams as they are and put the original audio under them."""
+    listing = folder / "parts.txt"
+    quoted = (str(p.resolve()).replace("'", "'\\''") for p in parts)  # the concat list's quoting
+    listing.write_text("".join(f"file '{path}'\n" for path in quoted))
+    joined = folder / "joined.mp4"
+    _ffmpeg("-f", "concat", "-safe", 0, "-i", listing, "-map", "0:v", "-c", "copy", f"file:{joined}")
+    partial = output_path.with_name(f".{output_path.name}.partial.mp4")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _ffmpeg("-i", f"file:{joined}", "-i", f"file:{audio}", "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "256k", "-shortest", "-movflags", "+faststart", f"file:{partial}")
+        partial.replace(output_path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,107 @@
+"""Time the full-size LatentSync U-Net: one denoising step of one 16-frame window with
+classifier-free guidance (a batch of 2), random weights. Optionally a whole window of steps with
+and without DeepCache.
+
+    python -m scripts.benchmark_unet --resolution 256 --json unet.json
+    python -m scripts.benchmark_unet --resolution 256 --window-steps 20   # DeepCache saving
+"""
+
+import argparse
+import json
+from contextlib import nullcontext
+import resource
+import sys
+import time
+
+import torch
+
+from latentsync.config import NUM_FRAMES, UNET_CONFIGS, load_yaml
+from latentsync.denoise import deepcache, load_scheduler
+from latentsync.models.unet import UNet3DConditionModel
+
+
+def random_unet(version: str, dtype, device) -> UNet3DConditionModel:
+    """The full-size U-Net with small random weights (no checkpoint needed)."""
+    with torch.device("meta"):
+        unet = UNet3DConditionModel.from_config(load_yaml(UNET_CONFIGS[version])["model"])
+    unet = unet.to_empty(device=device)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in list(unet.parameters()) + list(unet.buffers()):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", type=int, choices=[256, 512], default=256)
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up step")
+    parser.add_argument("--window-steps", type=int, default=0, help="also time a whole window of N steps, with and without DeepCache")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    version = "1.5" if args.resolution == 256 else "1.6"
+    latent = args.resolution // 8
+
+    started = time.perf_counter()
+    unet = random_unet(version, dtype, device)
+    results = {
+        "resolution": args.resolution,
+        "dtype": args.dtype,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "build_s": round(time.perf_counter() - started, 1),
+    }
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 13, NUM_FRAMES, latent, latent, generator=generator).to(device, dtype)
+    audio = torch.randn(2 * NUM_FRAMES, 50, 384, generator=generator).to(device, dtype)
+
+    def step(t=500):
+        out = unet(sample, torch.tensor(t), encoder_hidden_states=audio).sample
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    step()  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        tick = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - tick)
+    results["seconds_per_step"] = round(min(times), 2)
+    results["seconds_per_step_all"] = [round(t, 2) for t in times]
+
+    if args.window_steps:
+        scheduler = load_scheduler()
+        scheduler.set_timesteps(args.window_steps)
+        outputs = {}
+        for cached in (False, True):
+            tick = time.perf_counter()
+            with deepcache(unet, scheduler) if cached else nullcontext():
+                outputs[cached] = [step(t) for t in scheduler.timesteps]
+            results[f"window_s_{'deepcache' if cached else 'plain'}"] = round(time.perf_counter() - tick, 1)
+        results["deepcache_saving"] = round(1 - results["window_s_deepcache"] / results["window_s_plain"], 3)
+        last_plain, last_cached = outputs[False][-1].float(), outputs[True][-1].float()
+        results["deepcache_relative_difference_last_step"] = round(((last_plain - last_cached).norm() / last_plain.norm()).item(), 4)
+    results["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    if device.type == "cuda":
+        results["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

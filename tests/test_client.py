@@ -1,0 +1,269 @@
+"""The Replicate client: the real `replicate` package against a local fake of the API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import uvicorn
+
+from latentsync.client import LipSyncClient, LipSyncError, SQLiteStore, run_long, webhook_app
+from latentsync.client.longform import cut_points
+from latentsync.client.params import PARAMETERS, validate
+from latentsync.config import REPO_ROOT
+from latentsync.video import probe
+from tests.fake_replicate import MODEL_VERSION, FakeReplicate
+from tests.media import ffmpeg, small_clip, speech
+
+
+@pytest.fixture
+def fake():
+    with FakeReplicate() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("client_media")
+    return {
+        "video": small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"),
+        "audio": speech(folder / "dub.wav", 1.5, start=1.0),
+        "folder": folder,
+    }
+
+
+def client_for(fake, tmp_path, **kwargs) -> LipSyncClient:
+    return LipSyncClient(api_token="r8_test", base_url=fake.url, store=tmp_path / "jobs.sqlite", poll_interval=0.05, backoff=0.05, **{"model": "owner/model", **kwargs})
+
+
+def creates(fake) -> int:
+    return len(fake.creates)
+
+
+def test_parameters_are_validated_before_any_request(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    for bad, message in (({"guidance_scale": 5}, "guidance_scale must be between 1 and 3"), ({"version": "2.0"}, "version must be one of 1.5, 1.6"), ({"steps": 20}, "Unknown parameter")):
+        with pytest.raises(ValueError, match=message):
+            client.run(media["video"], media["audio"], **bad)
+    assert fake.requests == []
+
+
+def test_parameter_table_matches_the_predictor(tmp_path):
+    """The client's table and predict.py's inputs must agree (read through Cog's own inspector)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from scripts.cog_schema import openapi_schema
+
+    properties = openapi_schema()["components"]["schemas"]["Input"]["properties"]
+    assert set(properties) - {"video", "audio"} == set(PARAMETERS)
+    for name, spec in PARAMETERS.items():
+        prop = properties[name]
+        assert prop["default"] == spec.default, name
+        assert prop.get("minimum") == spec.minimum and prop.get("maximum") == spec.maximum, name
+        assert tuple(prop["enum"]) == spec.choices if spec.choices else "enum" not in prop, name
+
+
+def test_run_uploads_inputs_and_downloads_a_real_mp4(fake, tmp_path, media):
+    client = client_for(fake, tmp_path, inline_max_bytes=1000)  # force the Files API
+    result = client.run(media["video"], media["audio"], seed=3)
+    assert result.job.status == "succeeded" and result.prediction["id"] == fake.creates[0]["id"]
+    info = probe(result.path)
+    assert info.has_video and info.has_audio and abs(info.duration - 1.5) < 0.1
+    sent = fake.creates[0]["input"]
+    assert sent["video"].startswith(fake.url + "/v1/files/") and sent["seed"] == 3 and sent["guidance_scale"] == 1.5
+    assert ("POST", "/v1/models/owner/model/predictions") in fake.requests
+
+
+def test_a_version_id_creates_through_the_versions_endpoint(fake, tmp_path, media):
+    client = client_for(fake, tmp_path, model=MODEL_VERSION)
+    client.run(media["video"], media["audio"])
+    assert ("POST", "/v1/predictions") in fake.requests and fake.creates[0]["version"] == MODEL_VERSION
+
+
+def test_a_finished_job_is_answered_from_the_store(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    first = client.run(media["video"], media["audio"])
+    requests = len(fake.requests)
+    second = client.run(media["video"], media["audio"])
+    assert second.path == first.path and len(fake.requests) == requests  # not a single API call
+    again = client_for(fake, tmp_path).run(media["video"], media["audio"], guidance_scale=1.50)  # same key, new client
+    assert again.path == first.path and creates(fake) == 1
+
+
+def test_changed_inputs_make_new_predictions(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    client.run(media["video"], media["audio"])
+    client.run(media["video"], media["audio"], guidance_scale=2.0)
+    changed = tmp_path / "dub_changed.wav"
+    data = bytearray(media["audio"].read_bytes())
+    data[-100] ^= 1  # one byte of audio
+    changed.write_bytes(bytes(data))
+    client.run(media["video"], changed)
+    assert creates(fake) == 3
+
+
+def test_a_running_job_is_returned_as_is(fake, tmp_path, media):
+    fake.run_seconds = 1.0
+    client = client_for(fake, tmp_path)
+    first = client.submit(media["video"], media["audio"])
+    second = client.submit(media["video"], media["audio"])
+    assert second.prediction_id == first.prediction_id and creates(fake) == 1
+    assert client.wait(second, timeout=30).status == "succeeded"
+
+
+SUBMITTER = textwrap.dedent(
+    """
+    import sys
+    from latentsync.client import LipSyncClient
+    url, store, video, audio = sys.argv[1:5]
+    client = LipSyncClient(api_token="r8_test", base_url=url, store=store, model="owner/model", poll_interval=0.05)
+    print(client.submit(video, audio).prediction_id)
+    """
+)
+
+
+def test_concurrent_identical_submits_create_one_prediction(fake, tmp_path, media):
+    fake.run_seconds = 2.0
+    store = tmp_path / "jobs.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", SUBMITTER, fake.url, str(store), str(media["video"]), str(media["audio"])], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        jobs = list(pool.map(lambda _: client_for(fake, tmp_path).submit(media["video"], media["audio"]), range(6)))
+    ids = {job.prediction_id for job in jobs} | {p.communicate(timeout=60)[0].strip() for p in processes}
+    assert len(ids) == 1 and creates(fake) == 1
+
+
+def test_failed_jobs_are_retried_on_the_next_submit(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    fake.fail_next = 1
+    with pytest.raises(LipSyncError, match="failed: injected model failure"):
+        client.run(media["video"], media["audio"])
+    assert client.run(media["video"], media["audio"]).job.status == "succeeded"
+    assert creates(fake) == 2
+
+
+def test_rate_limits_errors_and_dropped_connections_are_retried(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    fake.faults.add("create", ("status", 429, 1), ("drop_before",))
+    fake.faults.add("get", ("status", 500, None), ("drop_before",))
+    started = time.time()
+    fake.run_seconds = 0.5
+    job = client.submit(media["video"], media["audio"])
+    assert time.time() - started >= 1.0  # Retry-After: 1 was honoured
+    assert client.wait(job, timeout=30).status == "succeeded"
+    assert creates(fake) == 1
+
+
+def test_a_create_that_went_through_without_an_answer_is_not_repeated(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    fake.faults.add("create", ("drop_after",))  # the prediction exists, the client never hears of it
+    result = client.run(media["video"], media["audio"])
+    assert result.job.status == "succeeded" and creates(fake) == 1
+    assert ("GET", "/v1/predictions") in fake.requests  # it looked before trying again
+
+
+def test_cancel(fake, tmp_path, media):
+    fake.run_seconds = 5.0
+    client = client_for(fake, tmp_path)
+    job = client.submit(media["video"], media["audio"])
+    assert client.cancel(job).status == "canceled"
+    assert client.submit(media["video"], media["audio"]).prediction_id != job.prediction_id  # canceled: tried again
+
+
+@pytest.fixture
+def webhook_server(tmp_path, fake):
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(webhook_app(fake.secret, store), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/hooks", store
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_signed_webhook_updates_the_store(fake, tmp_path, media, webhook_server):
+    url, store = webhook_server
+    client = client_for(fake, tmp_path)
+    assert client.webhook_secret() == fake.secret
+    job = client.submit(media["video"], media["audio"], webhook=url)
+    deadline = time.time() + 30
+    while store.get(job.key).status != "succeeded" and time.time() < deadline:
+        time.sleep(0.1)
+    updated = store.get(job.key)
+    assert updated.status == "succeeded" and updated.output_url.startswith(fake.url)
+    assert [r.status_code for r in fake.deliveries] == [200]
+    assert fake.creates[0]["_webhook"] == url
+
+
+def test_bad_webhooks_are_rejected_and_change_nothing(fake, tmp_path, media, webhook_server):
+    url, store = webhook_server
+    client = client_for(fake, tmp_path)
+    fake.run_seconds = 30.0
+    job = client.submit(media["video"], media["audio"])
+    forged = {"id": job.prediction_id, "status": "succeeded", "output": "https://evil.example/x.mp4"}
+    assert fake.deliver(url, forged, secret="whsec_" + "QUJD" * 8).status_code == 401  # wrong secret
+    assert fake.deliver(url, forged, timestamp=int(time.time()) - 600).status_code == 401  # stale
+    legit = fake.deliver(url, {"id": job.prediction_id, "status": "processing", "output": None}, webhook_id="msg_1")
+    assert legit.status_code == 200  # a genuine delivery is accepted
+    import httpx
+
+    headers = {k: v for k, v in legit.request.headers.items() if k.lower() != "content-length"}
+    assert httpx.post(url, content=json.dumps(forged), headers=headers).status_code == 401  # its signature, another body
+    assert httpx.post(url, content=legit.request.content, headers=headers).status_code == 409  # replayed
+    assert store.get(job.key).status == "processing" and store.get(job.key).output_url is None
+
+
+def test_cut_points_prefer_pauses_near_the_limit():
+    pauses = [(17.0, 17.6), (36.1, 36.7), (50.0, 51.0)]
+    points = cut_points(55.0, pauses, 20.0)  # 3 segments of 18.3 s, each cut may move 0.83 s
+    assert points == [18.32, 36.4]  # no pause near 18.33; the pause at 36.4 is close to 36.67
+    edges = [0.0, *points, 55.0]
+    assert all(b - a <= 20.0 for a, b in zip(edges, edges[1:]))
+    assert cut_points(15.0, pauses, 20.0) == []
+    assert cut_points(60.0, pauses, 20.0) == [20.0, 40.0]  # no slack: even cuts
+
+
+def test_long_inputs_fan_out_and_stitch(fake, tmp_path, media):
+    folder = media["folder"]
+    long_video, long_audio = folder / "long.mp4", folder / "long.wav"
+    ffmpeg("-stream_loop", 59, "-i", media["video"], "-t", 60, "-c:v", "libx264", "-crf", 28, "-an", long_video)
+    ffmpeg("-stream_loop", 7, "-i", speech(folder / "eight.wav", 8.0, start=0.5), "-t", 60, long_audio)
+    client = client_for(fake, tmp_path)
+    fake.fail_next = 1  # one segment fails once and is retried alone
+    out = run_long(client, long_video, long_audio, tmp_path / "long_out.mp4", max_segment_s=20.0, concurrency=3)
+    assert creates(fake) == 4  # 3 segments + 1 retry
+    info = probe(out)
+    assert abs(info.duration - 60.0) < 0.1 and abs(info.audio_duration - 60.0) < 0.1
+    decoded = lambda path: np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"], capture_output=True, check=True).stdout, np.int16).astype(float)
+    original, stitched = decoded(long_audio), decoded(out)
+    n = min(len(original), len(stitched))
+    assert np.corrcoef(original[:n], stitched[:n])[0, 1] > 0.95  # the original audio, uncut
+    assert creates(fake) == 4 and run_long(client, long_video, long_audio, tmp_path / "again.mp4", max_segment_s=20.0) and creates(fake) == 4
+
+
+def test_cli_run_and_status(fake, tmp_path, media):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "REPLICATE_API_TOKEN": "r8_test"}
+    common = [sys.executable, "-m", "latentsync.client", "--model", "owner/model", "--base-url", fake.url, "--store", str(tmp_path / "jobs.sqlite")]
+    out = tmp_path / "cli.mp4"
+    run = subprocess.run([*common, "run", "--video", str(media["video"]), "--audio", str(media["audio"]), "--param", "seed=9", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert probe(out).has_video and fake.creates[0]["input"]["seed"] == 9
+    status = subprocess.run([*common, "status", fake.creates[0]["id"]], capture_output=True, text=True, env=env)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+    bad = subprocess.run([*common, "run", "--video", str(media["video"]), "--audio", str(media["audio"]), "--param", "guidance_scale=9"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "guidance_scale must be between 1 and 3" in bad.stderr
+    assert validate({})["version"] == "1.6"
