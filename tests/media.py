@@ -6,32 +6,34 @@ from pathlib import Path
 
 import numpy as np
 
-from latentsync.audio import AudioEncoder
-from latentsync.config import load_yaml
-from latentsync.denoise import load_scheduler, load_training_mask, load_vae
-from latentsync.face.detect import create_detector
-from latentsync.models.unet import UNet3DConditionModel
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.video import read_frames
+from latentsync.weights import ModelFiles
 from tests.conftest import ASSETS, REFERENCE
 
 TINY_RESOLUTION = 64  # the tiny U-Net's sample_size 8 x the VAE's 8
 
 
-def tiny_pipeline(sync_scorer=None) -> LipsyncPipeline:
-    """The whole pipeline with the reference's tiny random models and MediaPipe faces."""
-    unet = UNet3DConditionModel.from_checkpoint(load_yaml(REFERENCE / "unet_tiny.yaml")["model"], REFERENCE / "unet_tiny.pt")
-    return LipsyncPipeline(
-        unet=unet,
-        vae=load_vae(REFERENCE / "vae_tiny"),
-        scheduler=load_scheduler(),
-        audio_encoder=AudioEncoder(REFERENCE / "whisper_tiny_random.pt"),
-        face_detector=create_detector("mediapipe"),
-        mask=load_training_mask(ASSETS / "mask.png", TINY_RESOLUTION),
-        resolution=TINY_RESOLUTION,
-        sync_scorer=sync_scorer,
+def tiny_files() -> ModelFiles:
+    """The reference's tiny random models, laid out as a model version."""
+    return ModelFiles(
         version="tiny",
+        unet_config=REFERENCE / "unet_tiny.yaml",
+        resolution=TINY_RESOLUTION,
+        unet_checkpoint=REFERENCE / "unet_tiny.pt",
+        whisper=REFERENCE / "whisper_tiny_random.pt",
+        vae_dir=REFERENCE / "vae_tiny",
+        mask=ASSETS / "mask.png",
+        insightface_root=None,
+        syncnet=None,
     )
+
+
+def tiny_pipeline(sync_scorer=None) -> LipsyncPipeline:
+    """The whole pipeline with the tiny random models and MediaPipe faces, on the CPU."""
+    pipeline = LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe")
+    pipeline.sync_scorer = sync_scorer
+    return pipeline
 
 
 def ffmpeg(*args) -> None:

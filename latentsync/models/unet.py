@@ -200,7 +200,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return x.mul_(F.gelu(gate))  # in place: the projection's output is not needed again
 
 
 class FeedForward(nn.Module):
