@@ -4,6 +4,7 @@
     cog predict -i video=@talk.mp4 -i audio=@dub.wav
 """
 
+import asyncio
 import logging
 import os
 import resource
@@ -54,7 +55,7 @@ class Predictor(BaseRunner):
                 self.pipelines[version] = loaded.for_version(files, load_unet(files, self.device, self.dtype))
             return self.pipelines[version]
 
-    def run(
+    async def run(
         self,
         video: Path = Input(description="Video with a visible face (mp4, mov, mkv, webm, avi; up to 4K, 10 minutes)."),
         audio: Path = Input(description="Speech to lip-sync to (wav, mp3, aac, m4a, ogg, flac, opus, or a video's audio track)."),
@@ -78,7 +79,7 @@ class Predictor(BaseRunner):
     ) -> Any:
         """Lip-sync `video` to `audio`. Returns the mp4 (or {video, report} with return_report)."""
         self._remove_old_outputs()
-        check_inputs(LocalPath(video), LocalPath(audio))
+        await asyncio.to_thread(check_inputs, LocalPath(video), LocalPath(audio))
         if seed in (-1, 0):
             seed = int.from_bytes(os.urandom(4), "big") % 2**31
         print(f"Using seed: {seed}")
@@ -96,7 +97,10 @@ class Predictor(BaseRunner):
             crf=crf,
         )
         folder = LocalPath(tempfile.mkdtemp(dir=self._outputs))
-        result = self.pipeline_for(version)(LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
+        # The work runs in a thread, so the server can take another prediction meanwhile
+        # (COG_MAX_CONCURRENCY > 1 needs an async run()).
+        pipeline = await asyncio.to_thread(self.pipeline_for, version)
+        result = await asyncio.to_thread(pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
         shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report
         self.record_metric("frames_generated", report["frames_generated"])

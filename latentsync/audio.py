@@ -6,6 +6,7 @@ Whisper frames around each video frame (50 x 384).
 """
 
 import subprocess
+import threading
 
 import ffmpeg
 import numpy as np
@@ -80,42 +81,21 @@ class AudioEncoder:
         self.window_mode = window_mode
         self.device, self.dtype = torch.device(device), dtype
 
-    @torch.no_grad()
-    def features(self, audio) -> torch.Tensor:
+    def features(self, audio) -> "AudioFeatures":
         """Per Whisper frame (20 ms): the input embedding and each block's output, (T, layers + 1, dim).
 
-        `audio` is a file path or 16 kHz mono float32 samples.
+        `audio` is a file path or 16 kHz mono float32 samples. The result is computed window by
+        window as it is read (so hours of audio need no more memory than a minute);
+        `.tensor()` gives all of it at once.
         """
         samples = load_audio(audio) if not isinstance(audio, np.ndarray) else audio
         # One log-mel over the whole audio, as the official computes it (its level normalisation
         # uses the maximum over the whole file).
         mel = log_mel_spectrogram(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), self.n_mels)
-        total = mel.shape[-1] // 2  # encoder frames that carry audio
-        if self.window_mode == "official" or total <= WINDOW_FRAMES:
-            starts = range(0, mel.shape[-1], N_FRAMES)
-            return torch.cat([self._encode(mel, 2 * s)[: min(WINDOW_FRAMES, total - s)] for s in (x // 2 for x in starts)])
-        return self._overlapping_windows(mel, total)
+        return AudioFeatures(self, mel)
 
-    def _overlapping_windows(self, mel, total: int) -> torch.Tensor:
-        """Encode 30 s windows every 20 s and cross-fade each 10 s overlap over its middle 5 s."""
-        hop, fade_start, fade_length = 1000, 250, 250  # encoder frames: 20 s, 5 s, 5 s
-        starts = list(range(0, total - WINDOW_FRAMES, hop)) + [total - WINDOW_FRAMES]
-        output = None
-        for start in starts:
-            window = self._encode(mel, 2 * start)
-            if output is None:
-                output = window
-                continue
-            overlap = output.shape[0] - start  # frames this window shares with what we have
-            weight = torch.clamp((torch.arange(overlap, dtype=window.dtype) - fade_start) / fade_length, 0, 1)
-            if overlap < hop:  # the last window is aligned to the end and overlaps more; fade at its middle
-                weight = torch.clamp((torch.arange(overlap, dtype=window.dtype) - (overlap - fade_length) / 2) / fade_length, 0, 1)
-            weight = weight[:, None, None]
-            blended = output[start:] * (1 - weight) + window[:overlap] * weight
-            output = torch.cat([output[:start], blended, window[overlap:]])
-        return output
-
-    def _encode(self, mel: torch.Tensor, start: int) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_window(self, mel: torch.Tensor, start: int) -> torch.Tensor:
         """Encoder outputs for the 30 s of mel frames from `start` (zero-padded past the end)."""
         segment = mel[:, start : start + N_FRAMES]
         segment = F.pad(segment, (0, N_FRAMES - segment.shape[-1]))
@@ -135,6 +115,76 @@ class AudioEncoder:
         `features` + `frame_chunks`, which cut chunks on demand."""
         features = self.features(audio)
         return frame_chunks(features, 0, official_chunk_count(len(features), fps), fps)
+
+
+class AudioFeatures:
+    """The Whisper features of one audio, encoded 30 s window by window when first read.
+
+    In "overlap" mode, windows start every 20 s (the last one ends with the audio) and each
+    overlap is cross-faded over its middle 5 s; in "official" mode, windows follow each other
+    every 30 s with no overlap. Index it like a (T, layers, dim) tensor with integer indices.
+    """
+
+    HOP, FADE = 1000, 250  # encoder frames: 20 s, 5 s
+
+    def __init__(self, encoder: AudioEncoder, mel: torch.Tensor, cached_windows: int = 3):
+        self.encoder, self.mel = encoder, mel
+        self.total = mel.shape[-1] // 2  # encoder frames that carry audio
+        if encoder.window_mode == "official" or self.total <= WINDOW_FRAMES:
+            self.starts = list(range(0, self.total, WINDOW_FRAMES))
+        else:
+            self.starts = list(range(0, self.total - WINDOW_FRAMES, self.HOP)) + [self.total - WINDOW_FRAMES]
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cached_windows = cached_windows
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.total
+
+    @property
+    def shape(self) -> tuple:
+        whisper = self.encoder.encoder
+        return (self.total, len(whisper.blocks) + 1, whisper.positional_embedding.shape[1])
+
+    def tensor(self) -> torch.Tensor:
+        return self[torch.arange(self.total)]
+
+    def _window(self, k: int) -> torch.Tensor:
+        with self._lock:
+            if k not in self._cache:
+                if len(self._cache) >= self._cached_windows:
+                    del self._cache[min(self._cache)]  # the pipeline reads forwards: drop the earliest
+                self._cache[k] = self.encoder.encode_window(self.mel, 2 * self.starts[k])
+            return self._cache[k]
+
+    def _weight(self, k: int, frames: torch.Tensor) -> torch.Tensor:
+        """Window k's share of each frame: 1 inside it, ramping across its overlaps (sum = 1)."""
+        start, end = self.starts[k], min(self.starts[k] + WINDOW_FRAMES, self.total)
+        weight = ((frames >= start) & (frames < end)).float()
+        if k > 0 and self.starts[k - 1] + WINDOW_FRAMES > start:  # overlap with the previous window
+            weight *= self._ramp(frames, start, self.starts[k - 1] + WINDOW_FRAMES)
+        if k + 1 < len(self.starts) and start + WINDOW_FRAMES > self.starts[k + 1]:  # with the next
+            weight *= 1 - self._ramp(frames, self.starts[k + 1], start + WINDOW_FRAMES)
+        return weight
+
+    def _ramp(self, frames: torch.Tensor, overlap_start: int, overlap_end: int) -> torch.Tensor:
+        fade_start = overlap_start + (overlap_end - overlap_start - self.FADE) / 2
+        return ((frames.float() - fade_start) / self.FADE).clamp(0, 1)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = torch.as_tensor(index)
+        frames = index.reshape(-1)
+        out = None
+        for k, start in enumerate(self.starts):
+            weight = self._weight(k, frames)
+            used = weight > 0
+            if not used.any():
+                continue
+            values = self._window(k)[frames[used] - start] * weight[used, None, None]
+            if out is None:
+                out = torch.zeros(len(frames), *values.shape[1:])
+            out[used] += values
+        return out.reshape(*index.shape, *out.shape[1:])
 
 
 def official_chunk_count(whisper_frames: int, fps: float = MODEL_FPS) -> int:

@@ -15,6 +15,7 @@ never held in memory):
 import json
 import logging
 import math
+import os
 import queue
 import shutil
 import tempfile
@@ -56,6 +57,7 @@ __all__ = ["LipsyncOptions", "LipsyncPipeline", "LipsyncResult", "NoFaceError", 
 logger = logging.getLogger("latentsync")
 
 MIN_GENERATED_FRAMES = 4  # shorter regenerated runs between original ones flicker more than they help
+JOB_DIR_PREFIX = "latentsync-job-"
 MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regenerated) in pieces of 10 s
 
 
@@ -217,9 +219,10 @@ class LipsyncPipeline:
         return LipsyncResult(output_path=output_path, report=report, report_path=report_path)
 
     def _run(self, video_path: Path, audio_path: Path, output_path: Path, options: LipsyncOptions, report_path: Path, temp_dir) -> LipsyncResult:
-        if temp_dir is not None:
-            Path(temp_dir).mkdir(parents=True, exist_ok=True)
-        job_dir = Path(tempfile.mkdtemp(prefix="latentsync-job-", dir=temp_dir))
+        parent = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_job_dirs(parent)
+        job_dir = Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-", dir=parent))
         started = time.perf_counter()
         timings = {}
         try:
@@ -553,6 +556,24 @@ def _blend(original: np.ndarray, restored: np.ndarray, weight: float) -> np.ndar
     if weight >= 1.0:
         return restored
     return cv2.addWeighted(restored, float(weight), original, 1.0 - float(weight), 0.0)
+
+
+def _remove_abandoned_job_dirs(parent: Path) -> None:
+    """Job folders of processes that no longer run (killed mid-job) are removed."""
+    for folder in parent.glob(f"{JOB_DIR_PREFIX}*"):
+        pid = folder.name[len(JOB_DIR_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:

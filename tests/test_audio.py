@@ -63,7 +63,7 @@ def test_long_audio_has_no_jump_at_30_seconds(reference, assets):
     assert len(long_audio) / 16000 > 45
 
     def steps(mode):
-        features = AudioEncoder(reference / "whisper_tiny_random.pt", window_mode=mode).features(long_audio)
+        features = AudioEncoder(reference / "whisper_tiny_random.pt", window_mode=mode).features(long_audio).tensor()
         assert len(features) == len(long_audio) // 160 // 2
         return (features[1:] - features[:-1]).flatten(1).norm(dim=1)
 
@@ -71,15 +71,16 @@ def test_long_audio_has_no_jump_at_30_seconds(reference, assets):
     boundary = 1499  # between the last frame of the first 30 s window and the first of the next
     assert official[boundary] > official.quantile(0.95)  # the glitch users see every 30 s
     assert overlap[boundary] <= overlap.quantile(0.75)
-    # Inside the cross-fade (frames 1107-1357 here) steps are as large as the content's own, no larger.
+    # Inside the cross-fade (frames 1107-1357 here: the middle of the last window's overlap) steps
+    # are as large as the content's own, no larger.
     fade = slice(1100, 1360)
     assert overlap[fade].max() <= 1.1 * official[fade].max()
     assert overlap[fade].mean() <= 1.1 * official[fade].mean()
 
 
 def test_short_audio_is_identical_in_both_modes(reference, demo_samples):
-    official = AudioEncoder(reference / "whisper_tiny_random.pt", window_mode="official").features(demo_samples)
-    overlap = AudioEncoder(reference / "whisper_tiny_random.pt").features(demo_samples)
+    official = AudioEncoder(reference / "whisper_tiny_random.pt", window_mode="official").features(demo_samples).tensor()
+    overlap = AudioEncoder(reference / "whisper_tiny_random.pt").features(demo_samples).tensor()
     assert torch.equal(official, overlap)
 
 
@@ -135,3 +136,16 @@ def test_silent_spans_find_inserted_pauses(demo_samples):
 
 def test_silent_spans_on_pure_silence_cover_everything():
     assert silent_spans(np.zeros(16000 * 2, np.float32)) == [(0.0, 2.0)]
+
+
+def test_features_are_encoded_window_by_window_with_weights_summing_to_one(reference, assets):
+    long_audio = np.concatenate([load_audio(assets / "demo2_audio.wav")] * 4)  # 79 s: 4 overlapping windows
+    features = AudioEncoder(reference / "whisper_tiny_random.pt").features(long_audio)
+    assert len(features.starts) == 4 and features.starts[-1] == len(features) - 1500
+    frames = torch.arange(len(features))
+    total = sum(features._weight(k, frames) for k in range(len(features.starts)))
+    assert torch.allclose(total, torch.ones(len(features)))
+    picked = torch.tensor([[5, 3900], [1400, 2100]])  # any order, any shape
+    everything = features.tensor()
+    assert torch.equal(features[picked], everything[picked])
+    assert len(features._cache) <= 3  # never all windows at once

@@ -2,12 +2,6 @@
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,54 +9,14 @@ import yaml
 
 from latentsync.config import REPO_ROOT
 from latentsync.video import probe
-from tests.http_fixtures import FileServer, tiny_weights_manifest
+from tests.cog_server import data_uri, running_cog_server
 from tests.media import small_clip, speech
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def data_uri(path: Path, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cog")
-    subprocess.run([sys.executable, "-m", "scripts.cog_schema"], cwd=REPO_ROOT, check=True, capture_output=True)
-    with FileServer(folder / "files") as files:
-        manifest = tiny_weights_manifest(folder, files.url)
-        port = free_port()
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-            "PORT": str(port),
-            "LATENTSYNC_WEIGHTS_MANIFEST": str(manifest),
-            "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
-        }
-        log = open(folder / "server.log", "w")
-        process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-        try:
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                try:
-                    health = client.get("/health-check").json()
-                    if health["status"] in ("READY", "SETUP_FAILED"):
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(1)
-            assert health["status"] == "READY", (folder / "server.log").read_text()[-3000:]
-            yield client, files, folder
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            log.close()
+    with running_cog_server(tmp_path_factory.mktemp("cog")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ the right brow centre (left/right as seen in the image) and the nose centre.
 import contextlib
 import io
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -125,11 +126,15 @@ class MediaPipeDetector:
         import mediapipe as mp
 
         self.max_faces = max_faces
+        self._lock = threading.Lock()  # MediaPipe graphs are not safe to share between threads
         self.finder = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=MIN_SCORE)
         self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
 
     def detect(self, frame_rgb: np.ndarray) -> list[FaceDetection]:
-        frame_rgb = np.ascontiguousarray(frame_rgb)
+        with self._lock:
+            return self._detect(np.ascontiguousarray(frame_rgb))
+
+    def _detect(self, frame_rgb: np.ndarray) -> list[FaceDetection]:
         height, width = frame_rgb.shape[:2]
         found = self.finder.process(frame_rgb).detections or []
         faces = []

@@ -1,0 +1,160 @@
+"""Generate the bad-input corpus: hostile and unusual inputs made from the demo clips with ffmpeg.
+
+Each case is a (video, audio) pair plus the outcome we promise for it, written down in CASES:
+either an output (with what must hold for it) or one clear error sentence (a pattern).
+
+    python -m scripts.make_corpus tests/corpus
+"""
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+SIZE = "540:960"  # small enough to be quick, large enough for a face that passes the size filter
+
+
+@dataclass
+class Case:
+    name: str
+    video: str
+    audio: str
+    expect: str  # "output" or "error"
+    error: str = ""  # a regular expression the one-sentence error matches
+    duration: float | None = None  # expected output duration (s)
+    size: tuple | None = None  # expected output (width, height)
+    all_passthrough: bool = False  # nothing may be regenerated
+    note: str = ""
+
+
+CASES = [
+    Case("empty_file", "empty.mp4", "speech1.wav", "error", r"is empty \(0 bytes\)"),
+    Case("truncated_mp4", "truncated.mp4", "speech1.wav", "error", r"not a readable audio or video file|Cannot decode|no video stream"),
+    Case("text_named_mp4", "notes.mp4", "speech1.wav", "error", r"not a readable audio or video file"),
+    Case("audio_only_as_video", "speech1.wav", "speech1.wav", "error", r"has no video stream"),
+    Case("video_without_audio_as_audio", "face1.mp4", "face1_silent_track.mp4", "error", r"has no audio stream",
+         note="a video file is accepted as the audio source only if it has an audio track"),
+    Case("still_image_as_video", "face.png", "speech1.wav", "output", duration=1.0, size=(540, 960), note="a talking photo"),
+    Case("zero_second_audio", "face1.mp4", "empty.wav", "error", r"zero length|contains no audio|no audio samples"),
+    Case("one_frame_video", "one_frame.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960)),
+    Case("declares_10_hours", "declares_10h.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960),
+         note="the container claims 10 h; the 1 s of real data is used (the hosted service also accepts it)"),
+    Case("4k_60fps", "uhd60.mp4", "speech1.wav", "output", duration=1.0, size=(2160, 3840)),
+    Case("rotated_phone_video", "rotated.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), note="rotation metadata honoured"),
+    Case("variable_frame_rate", "vfr.mp4", "speech2.wav", "output", duration=2.0, size=(540, 960)),
+    Case("odd_dimensions", "odd.mp4", "speech1.wav", "output", duration=1.0, size=(542, 962), note="padded to even sizes for yuv420p"),
+    Case("yuv444_10bit", "yuv444_10bit.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960)),
+    Case("silent_audio", "face1.mp4", "silence1.wav", "output", duration=1.0, all_passthrough=True),
+    Case("pure_noise_audio", "face1.mp4", "noise1.wav", "output", duration=1.0),
+    Case("audio_10x_longer", "face_half.mp4", "speech5.wav", "output", duration=5.0, note="ping-pong of the video"),
+    Case("video_10x_longer", "face5.mp4", "speech_half.wav", "output", duration=0.52, note="cut to the audio (13 frames)"),
+    Case("no_face_anywhere", "scenery.mp4", "speech1.wav", "error", r"No usable face was found in any of the 25 frames checked"),
+    Case("face_only_in_first_second", "face_then_scenery.mp4", "speech2.wav", "output", duration=2.0),
+    Case("two_equal_faces", "two_faces.mp4", "speech1.wav", "output", duration=1.0, size=(1080, 960)),
+    Case("cartoon_face", "cartoon.mp4", "speech1.wav", "output", duration=1.0, note="a drawn face with brows, eyes and nose is found and lip-synced"),
+    Case("profile_view", "profile.mp4", "speech1.wav", "error", r"No usable face was found",
+         note="stand-in: the face squeezed to a sliver (no real profile footage here); no usable face, so a clear error"),
+    Case("hostile_file_name", "a; rm -rf $(touch pwned) 'q\" ünï.mp4", "b; $(touch pwned2) 'x\".wav", "output", duration=1.0),
+    Case("missing_file", "does_not_exist.mp4", "speech1.wav", "error", r"File not found|not found"),
+]
+
+
+def ffmpeg(*args) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+def clip(out: Path, seconds: float, start: float = 1.0, extra=()) -> Path:
+    ffmpeg("-ss", start, "-i", ASSETS / "demo1_video.mp4", "-t", seconds, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-crf", 14, "-c:a", "aac", *extra, out)
+    return out
+
+
+def speech(out: Path, seconds: float) -> Path:
+    ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_audio.wav", "-t", seconds, out)
+    return out
+
+
+def declare_ten_hours(path: Path) -> None:
+    """Rewrite the movie header's duration field in place (1 s of data claims 10 h)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"mvhd")
+    version = data[at + 4]
+    timescale_at = at + (20 if version == 1 else 12)
+    (timescale,) = struct.unpack(">I", data[timescale_at : timescale_at + 4])
+    if version == 1:
+        data[timescale_at + 4 : timescale_at + 12] = struct.pack(">Q", 36000 * timescale)
+    else:
+        data[timescale_at + 4 : timescale_at + 8] = struct.pack(">I", min(36000 * timescale, 2**32 - 1))
+    path.write_bytes(bytes(data))
+
+
+def cartoon(out: Path) -> None:
+    """A drawn face: skin ellipse, eyes, brows, nose and mouth on a flat background."""
+    frames = out.with_suffix(".raw")
+    with open(frames, "wb") as raw:
+        for i in range(25):
+            image = np.full((960, 540, 3), (90, 160, 220), np.uint8)
+            cv2.ellipse(image, (270, 420), (150, 200), 0, 0, 360, (200, 220, 250), -1)
+            for x in (215, 325):
+                cv2.circle(image, (x, 380), 22, (255, 255, 255), -1)
+                cv2.circle(image, (x, 380), 10, (40, 40, 40), -1)
+                cv2.line(image, (x - 30, 335), (x + 30, 330), (40, 40, 60), 8)
+            cv2.line(image, (270, 400), (255, 470), (120, 120, 180), 5)
+            cv2.ellipse(image, (270, 520), (60, 15 + (i % 5) * 5), 0, 0, 360, (60, 40, 160), -1)
+            raw.write(cv2.cvtColor(image, cv2.COLOR_BGR2RGB).tobytes())
+    ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "540x960", "-r", 25, "-i", frames, "-c:v", "libx264", "-pix_fmt", "yuv420p", out)
+    frames.unlink()
+
+
+def build(folder: Path) -> Path:
+    """Write every input the cases name into `folder` and the cases as cases.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder
+    speech(f / "speech1.wav", 1.0)
+    speech(f / "speech2.wav", 2.0)
+    speech(f / "speech5.wav", 5.0)
+    speech(f / "speech_half.wav", 0.52)
+    (f / "empty.mp4").write_bytes(b"")
+    (f / "notes.mp4").write_text("These are meeting notes, not a video.\n" * 50)
+    face1 = clip(f / "face1.mp4", 1.0)
+    clip(f / "face5.mp4", 5.0)
+    clip(f / "face_half.mp4", 0.5)
+    fast = clip(f / "faststart.mp4", 1.0, extra=("-movflags", "+faststart"))
+    data = fast.read_bytes()
+    moov = data.find(b"moov")
+    (f / "truncated.mp4").write_bytes(data[: moov + 200])  # cut inside the moov atom
+    ffmpeg("-i", face1, "-an", "-c:v", "copy", f / "face1_silent_track.mp4")
+    ffmpeg("-i", face1, "-frames:v", 1, f / "face.png")
+    ffmpeg("-i", face1, "-frames:v", 1, "-c:v", "libx264", f / "one_frame.mp4")
+    ffmpeg("-i", face1, "-c", "copy", f / "declares_10h.mp4")
+    declare_ten_hours(f / "declares_10h.mp4")
+    ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 1, "-vf", "scale=2160:3840,fps=60", "-c:v", "libx264", "-preset", "ultrafast", "-crf", 20, "-an", f / "uhd60.mp4")
+    ffmpeg("-i", face1, "-vf", "transpose=1", "-c:v", "libx264", "-crf", 14, f / "stored_sideways.mp4")  # as a phone stores it
+    ffmpeg("-i", f / "stored_sideways.mp4", "-c", "copy", "-metadata:s:v:0", "rotate=90", f / "rotated.mp4")
+    ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 2, "-vf", f"scale={SIZE},setpts='if(lt(N,25),PTS,PTS+0.02*(N-25))'",
+           "-fps_mode", "vfr", "-c:v", "libx264", "-crf", 14, f / "vfr.mp4")
+    ffmpeg("-i", face1, "-vf", "scale=541:961", "-c:v", "libx264", "-pix_fmt", "yuv444p", f / "odd.mp4")
+    ffmpeg("-i", face1, "-c:v", "libx264", "-pix_fmt", "yuv444p10le", f / "yuv444_10bit.mp4")
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=44100:cl=stereo", "-t", 1, f / "silence1.wav")
+    ffmpeg("-f", "lavfi", "-i", "anoisesrc=r=16000:a=0.3:c=white", "-t", 1, f / "noise1.wav")
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", 0, f / "empty.wav")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", "-c:v", "libx264", f / "scenery.mp4")
+    ffmpeg("-i", face1, "-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0[v]", "-map", "[v]", "-c:v", "libx264", f / "face_then_scenery.mp4")
+    ffmpeg("-i", face1, "-i", face1, "-filter_complex", "[0:v][1:v]hstack[v]", "-map", "[v]", "-c:v", "libx264", "-crf", 14, f / "two_faces.mp4")
+    cartoon(f / "cartoon.mp4")
+    # A real profile cannot be made from frontal footage; squeezing the face to a sliver stands in.
+    ffmpeg("-i", face1, "-vf", "scale=120:960,pad=540:960:210:0", "-c:v", "libx264", f / "profile.mp4")
+    (f / "a; rm -rf $(touch pwned) 'q\" ünï.mp4").write_bytes(face1.read_bytes())
+    (f / "b; $(touch pwned2) 'x\".wav").write_bytes((f / "speech1.wav").read_bytes())
+    (f / "cases.json").write_text(json.dumps([asdict(case) for case in CASES], indent=2))
+    return folder
+
+
+if __name__ == "__main__":
+    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/corpus")))
