@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 from filelock import FileLock, Timeout
 
 from .config import REPO_ROOT
+from .weights import sha256_of
 
 ENTRY_MARKER = "entry.json"
 
@@ -42,14 +43,6 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def file_digest(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _canonical(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)  # 2.0 and 2 mean the same setting
@@ -65,8 +58,8 @@ def cache_key(video_path, audio_path, params: Mapping, model_version: str) -> st
     File names do not matter, only content."""
     payload = json.dumps(
         {
-            "video": file_digest(video_path),
-            "audio": file_digest(audio_path),
+            "video": sha256_of(video_path),
+            "audio": sha256_of(audio_path),
             "params": _canonical(params),
             "model": model_version,
             "code": code_version(),

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up step")
     parser.add_argument("--window-steps", type=int, default=0, help="also time a whole window of N steps, with and without DeepCache")
+    parser.add_argument("--deepcache-step", action="store_true", help="also time one cached (shallow) step and derive the 20-step saving")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -81,6 +82,19 @@ def main(argv=None) -> int:
     results["seconds_per_step"] = round(min(times), 2)
     results["seconds_per_step_all"] = [round(t, 2) for t in times]
 
+    if args.deepcache_step:
+        # A step between DeepCache refreshes runs only the shallowest branch of the U-Net.
+        scheduler = load_scheduler()
+        scheduler.set_timesteps(20)
+        with deepcache(unet, scheduler):
+            step(int(scheduler.timesteps[0]))  # a full step fills the cache
+            tick = time.perf_counter()
+            step(int(scheduler.timesteps[1]))
+            shallow = time.perf_counter() - tick
+        full = results["seconds_per_step"]
+        results["seconds_per_cached_step"] = round(shallow, 2)
+        refreshes = -(-20 // 3)  # interval 3: steps 0, 3, ..., 18
+        results["deepcache_saving_20_steps"] = round(1 - (refreshes * full + (20 - refreshes) * shallow) / (20 * full), 3)
     if args.window_steps:
         scheduler = load_scheduler()
         scheduler.set_timesteps(args.window_steps)

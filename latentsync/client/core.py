@@ -29,6 +29,7 @@ import httpx
 import replicate
 from replicate.exceptions import ReplicateError
 
+from ..weights import sha256_of
 from .params import validate
 from .store import CLAIM_TTL_S, Job, SQLiteStore
 
@@ -244,7 +245,7 @@ class LipSyncClient:
         if path.stat().st_size <= self.inline_max_bytes:
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-        digest = _file_sha256(path)
+        digest = sha256_of(path)
         url = self.store.upload_url(digest, UPLOAD_MAX_AGE_S)
         if url is None:
             url = self._retrying(lambda: self.api.files.create(path).urls["get"], f"upload {path.name}")
@@ -297,12 +298,4 @@ def _content_id(source) -> str:
     text = str(source)
     if re.match(r"^(https?|data):", text):
         return "url:" + hashlib.sha256(text.encode()).hexdigest()
-    return _file_sha256(Path(source))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(Path(source))
