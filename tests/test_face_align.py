@@ -23,7 +23,7 @@ def test_affine_and_crop_match_the_official(ref):
     aligner = FaceAligner(int(ref["resolution"]))
     crop, affine = aligner.warp(ref["frame"], ref["landmarks3"])
     assert np.abs(affine - ref["affine"]).max() < 1e-4
-    assert crop.shape == ref["face"].shape == (280, 210, 3)
+    assert crop.shape == ref["face"].shape == (aligner.crop_size[1], aligner.crop_size[0], 3)
     assert within_one_grey_level(crop, ref["face"])
 
 
@@ -32,8 +32,9 @@ def test_restore_matches_the_official(ref):
     restored = aligner.restore(ref["frame"], ref["newface"], ref["affine"])
     assert within_one_grey_level(restored, ref["restored"])
     # a face given at the model resolution is resized to the crop size first (bicubic, antialiased)
-    at_resolution = F.interpolate(torch.from_numpy(ref["newface"])[None], size=(256, 256), mode="bicubic", antialias=True)[0]
-    resized_like_the_official = F.interpolate(at_resolution[None], size=(280, 210), mode="bicubic", antialias=True)[0]
+    resolution = int(ref["resolution"])
+    at_resolution = F.interpolate(torch.from_numpy(ref["newface"])[None], size=(resolution, resolution), mode="bicubic", antialias=True)[0]
+    resized_like_the_official = F.interpolate(at_resolution[None], size=ref["face"].shape[:2], mode="bicubic", antialias=True)[0]
     assert np.array_equal(
         aligner.restore(ref["frame"], at_resolution, ref["affine"]),
         aligner.restore(ref["frame"], resized_like_the_official, ref["affine"]),
@@ -41,10 +42,11 @@ def test_restore_matches_the_official(ref):
 
 
 def test_restore_leaves_everything_outside_the_face_untouched(ref):
-    aligner = FaceAligner(256)
+    aligner = FaceAligner(int(ref["resolution"]))
     restored = aligner.restore(ref["frame"], ref["newface"], ref["affine"])
     inverse = cv2.invertAffineTransform(ref["affine"].astype(np.float64))
-    corners = np.array([[-1, -1, 1], [210, -1, 1], [-1, 280, 1], [210, 280, 1]]) @ inverse.T  # bilinear reach
+    w, h = aligner.crop_size
+    corners = np.array([[-1, -1, 1], [w, -1, 1], [-1, h, 1], [w, h, 1]]) @ inverse.T  # bilinear reach
     x0, y0 = np.floor(corners.min(0)).astype(int)
     x1, y1 = np.ceil(corners.max(0)).astype(int)
     outside = np.ones(restored.shape[:2], bool)
@@ -74,7 +76,7 @@ def test_region_restore_equals_whole_frame_arithmetic(ref, shift):
     """Including faces that run off the frame's edges (the shifts move the face partly outside)."""
     affine = ref["affine"].astype(np.float64).copy()
     affine[:, 2] -= affine[:, :2] @ np.array(shift, dtype=np.float64)
-    ours = FaceAligner(256).restore(ref["frame"], ref["newface"], affine)
+    ours = FaceAligner(int(ref["resolution"])).restore(ref["frame"], ref["newface"], affine)
     expected = whole_frame_restore(ref["frame"], ref["newface"], affine)
     assert within_one_grey_level(ours, expected, share=0.9999)
 
