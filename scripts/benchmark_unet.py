@@ -20,10 +20,10 @@ from latentsync.denoise import deepcache, load_scheduler
 from latentsync.models.unet import UNet3DConditionModel
 
 
-def random_unet(version: str, dtype, device) -> UNet3DConditionModel:
-    """The full-size U-Net with small random weights (no checkpoint needed)."""
+def random_unet(config_path, dtype, device) -> UNet3DConditionModel:
+    """The U-Net of a config with small random weights (no checkpoint needed)."""
     with torch.device("meta"):
-        unet = UNet3DConditionModel.from_config(load_yaml(UNET_CONFIGS[version])["model"])
+        unet = UNet3DConditionModel.from_config(load_yaml(config_path)["model"])
     unet = unet.to_empty(device=device)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -39,7 +39,8 @@ def peak_rss_gb() -> float:
 @torch.no_grad()
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolution", type=int, choices=[256, 512], default=256)
+    parser.add_argument("--resolution", type=int, default=256, help="face size in pixels (latents are 1/8)")
+    parser.add_argument("--config", default=None, help="U-Net config (default: 1.5's for 256 px, 1.6's for 512 px)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -51,12 +52,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    version = "1.5" if args.resolution == 256 else "1.6"
+    config = args.config or UNET_CONFIGS["1.5" if args.resolution <= 256 else "1.6"]
     latent = args.resolution // 8
 
     started = time.perf_counter()
-    unet = random_unet(version, dtype, device)
+    unet = random_unet(config, dtype, device)
     results = {
+        "config": str(config),
         "resolution": args.resolution,
         "dtype": args.dtype,
         "device": str(device),
