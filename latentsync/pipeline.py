@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import AudioEncoder, frame_chunks, load_audio, silent_spans
+from .audio import AudioEncoder, AudioFeatures, frame_chunks, load_audio, silent_spans
 from .cache import cache_key, place
 from .config import AUDIO_SAMPLE_RATE, MODEL_FPS, NUM_FRAMES, load_yaml
 from .denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae, unet_device_dtype
@@ -110,7 +110,7 @@ class _Plan:
     spans: list[Span]
     weights: np.ndarray  # output frame -> share of the regenerated face (blend ramps at span edges)
     affines: dict  # source frame -> 2x3 alignment of the speaker's face
-    audio_features: torch.Tensor
+    audio_features: AudioFeatures
     audio_samples: np.ndarray
 
 
