@@ -1,4 +1,5 @@
-"""The Replicate client: the real `replicate` package against a local fake of the API."""
+"""The Replicate client: the real `replicate` package against a local fake of the API; the job
+store as a SQLite file and in a real redis-server on 127.0.0.1."""
 
 import json
 import os
@@ -12,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import redis
 import uvicorn
 
-from latentsync.client import LipSyncClient, LipSyncError, SQLiteStore, run_long, webhook_app
+from latentsync.client import LipSyncClient, LipSyncError, run_long, webhook_app
 from latentsync.client.longform import cut_points
 from latentsync.client.params import PARAMETERS, validate
+from latentsync.client.store import CLAIM_TTL_S, open_store
 from latentsync.config import REPO_ROOT
 from latentsync.video import probe
 from tests.fake_replicate import MODEL_VERSION, FakeReplicate
@@ -39,8 +42,45 @@ def media(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on 127.0.0.1 (installed by scripts/setup_env.sh), no persistence."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.time() + 20
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_spec(request, tmp_path):
+    """What LipSyncClient(store=...) is given: a SQLite path, or the URL of an emptied Redis."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.sqlite")
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def client_for(fake, tmp_path, **kwargs) -> LipSyncClient:
-    return LipSyncClient(api_token="r8_test", base_url=fake.url, store=tmp_path / "jobs.sqlite", poll_interval=0.05, backoff=0.05, **{"model": "owner/model", **kwargs})
+    options = {"model": "owner/model", "store": tmp_path / "jobs.sqlite", "output_dir": tmp_path / "outputs", **kwargs}
+    return LipSyncClient(api_token="r8_test", base_url=fake.url, poll_interval=0.05, backoff=0.05, **options)
 
 
 def creates(fake) -> int:
@@ -86,13 +126,13 @@ def test_a_version_id_creates_through_the_versions_endpoint(fake, tmp_path, medi
     assert ("POST", "/v1/predictions") in fake.requests and fake.creates[0]["version"] == MODEL_VERSION
 
 
-def test_a_finished_job_is_answered_from_the_store(fake, tmp_path, media):
-    client = client_for(fake, tmp_path)
+def test_a_finished_job_is_answered_from_the_store(fake, tmp_path, media, store_spec):
+    client = client_for(fake, tmp_path, store=store_spec)
     first = client.run(media["video"], media["audio"])
     requests = len(fake.requests)
     second = client.run(media["video"], media["audio"])
     assert second.path == first.path and len(fake.requests) == requests  # not a single API call
-    again = client_for(fake, tmp_path).run(media["video"], media["audio"], guidance_scale=1.50)  # same key, new client
+    again = client_for(fake, tmp_path, store=store_spec).run(media["video"], media["audio"], guidance_scale=1.50)  # same key, new client
     assert again.path == first.path and creates(fake) == 1
 
 
@@ -108,9 +148,9 @@ def test_changed_inputs_make_new_predictions(fake, tmp_path, media):
     assert creates(fake) == 3
 
 
-def test_a_running_job_is_returned_as_is(fake, tmp_path, media):
+def test_a_running_job_is_returned_as_is(fake, tmp_path, media, store_spec):
     fake.run_seconds = 1.0
-    client = client_for(fake, tmp_path)
+    client = client_for(fake, tmp_path, store=store_spec)
     first = client.submit(media["video"], media["audio"])
     second = client.submit(media["video"], media["audio"])
     assert second.prediction_id == first.prediction_id and creates(fake) == 1
@@ -128,22 +168,43 @@ SUBMITTER = textwrap.dedent(
 )
 
 
-def test_concurrent_identical_submits_create_one_prediction(fake, tmp_path, media):
+def test_concurrent_identical_submits_create_one_prediction(fake, tmp_path, media, store_spec):
     fake.run_seconds = 2.0
-    store = tmp_path / "jobs.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     processes = [
-        subprocess.Popen([sys.executable, "-c", SUBMITTER, fake.url, str(store), str(media["video"]), str(media["audio"])], stdout=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen([sys.executable, "-c", SUBMITTER, fake.url, store_spec, str(media["video"]), str(media["audio"])], stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
     ]
     with ThreadPoolExecutor(max_workers=6) as pool:
-        jobs = list(pool.map(lambda _: client_for(fake, tmp_path).submit(media["video"], media["audio"]), range(6)))
+        jobs = list(pool.map(lambda _: client_for(fake, tmp_path, store=store_spec).submit(media["video"], media["audio"]), range(6)))
     ids = {job.prediction_id for job in jobs} | {p.communicate(timeout=60)[0].strip() for p in processes}
     assert len(ids) == 1 and creates(fake) == 1
 
 
-def test_failed_jobs_are_retried_on_the_next_submit(fake, tmp_path, media):
-    client = client_for(fake, tmp_path)
+def test_the_store_claims_once_and_takes_over_abandoned_claims(store_spec, monkeypatch):
+    store = open_store(store_spec)
+    assert store.claim("key") == (store.get("key"), True)
+    job, claimed = store.claim("key")
+    assert not claimed and job.status == "claimed"  # someone is creating it: wait for them
+    later = time.time() + CLAIM_TTL_S + 1
+    monkeypatch.setattr("latentsync.client.store.time.time", lambda: later)
+    assert store.claim("key")[1]  # that someone died: take over
+    store.update("key", prediction_id="p1", status="processing", input={"seed": 1}, error=None)
+    assert store.by_prediction("p1") == store.get("key")
+    assert store.get("key").input == {"seed": 1} and store.get("key").error is None
+    assert store.first_sighting("msg_1") and not store.first_sighting("msg_1")
+    store.remember_upload("abc", "https://files.example/abc")
+    assert store.upload_url("abc", max_age_s=60) == "https://files.example/abc"
+    assert store.upload_url("abc", max_age_s=-1) is None and store.upload_url("other", 60) is None
+
+
+def test_an_unreachable_redis_is_reported_at_once():
+    with pytest.raises(redis.ConnectionError, match="127.0.0.1:1"):
+        LipSyncClient(api_token="r8_test", store="redis://127.0.0.1:1/0")
+
+
+def test_failed_jobs_are_retried_on_the_next_submit(fake, tmp_path, media, store_spec):
+    client = client_for(fake, tmp_path, store=store_spec)
     fake.fail_next = 1
     with pytest.raises(LipSyncError, match="failed: injected model failure"):
         client.run(media["video"], media["audio"])
@@ -180,8 +241,8 @@ def test_cancel(fake, tmp_path, media):
 
 
 @pytest.fixture
-def webhook_server(tmp_path, fake):
-    store = SQLiteStore(tmp_path / "jobs.sqlite")
+def webhook_server(tmp_path, fake, store_spec):
+    store = open_store(store_spec)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -197,7 +258,7 @@ def webhook_server(tmp_path, fake):
 
 def test_a_signed_webhook_updates_the_store(fake, tmp_path, media, webhook_server):
     url, store = webhook_server
-    client = client_for(fake, tmp_path)
+    client = client_for(fake, tmp_path, store=store)
     assert client.webhook_secret() == fake.secret
     job = client.submit(media["video"], media["audio"], webhook=url)
     deadline = time.time() + 30
@@ -211,7 +272,7 @@ def test_a_signed_webhook_updates_the_store(fake, tmp_path, media, webhook_serve
 
 def test_bad_webhooks_are_rejected_and_change_nothing(fake, tmp_path, media, webhook_server):
     url, store = webhook_server
-    client = client_for(fake, tmp_path)
+    client = client_for(fake, tmp_path, store=store)
     fake.run_seconds = 30.0
     job = client.submit(media["video"], media["audio"])
     forged = {"id": job.prediction_id, "status": "succeeded", "output": "https://evil.example/x.mp4"}

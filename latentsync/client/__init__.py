@@ -3,10 +3,10 @@ long-video fan-out. See `LipSyncClient`."""
 
 from .core import LipSyncClient, LipSyncError, RunResult
 from .params import PARAMETERS, validate
-from .store import Job, SQLiteStore
+from .store import Job, RedisStore, SQLiteStore
 from .webhooks import handle_webhook, webhook_app
 
-__all__ = ["Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RunResult", "SQLiteStore", "handle_webhook", "run_long", "validate", "webhook_app"]
+__all__ = ["Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RedisStore", "RunResult", "SQLiteStore", "handle_webhook", "run_long", "validate", "webhook_app"]
 
 
 def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, concurrency: int = 3, **params):

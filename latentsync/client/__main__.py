@@ -32,7 +32,7 @@ def _parameter(text: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m latentsync.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="owner/name, owner/name:version or a version id")
-    parser.add_argument("--store", default=None, help="job store (SQLite file)")
+    parser.add_argument("--store", default=None, help="job store: a SQLite file or a redis:// URL")
     parser.add_argument("--base-url", default=None, help="another API endpoint")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="lip-sync and download the result")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         elif args.command == "status":
             job = client.store.get(args.job) or client.store.by_prediction(args.job)
             if job is None:
-                print(f"error: no job {args.job!r} in {client.store.path}", file=sys.stderr)
+                print(f"error: no job {args.job!r} in {client.store}", file=sys.stderr)
                 return 1
             print(json.dumps(client.get(job).__dict__, indent=2, default=str))
         else:

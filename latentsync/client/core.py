@@ -31,7 +31,7 @@ from replicate.exceptions import ReplicateError
 
 from ..weights import sha256_of
 from .params import validate
-from .store import CLAIM_TTL_S, Job, SQLiteStore
+from .store import CLAIM_TTL_S, Job, SQLiteStore, open_store
 
 DEFAULT_MODEL = "bytedance/latentsync"
 UPLOAD_MAX_AGE_S = 20 * 3600  # Replicate file URLs live for a day
@@ -59,9 +59,11 @@ class LipSyncClient:
     Args:
         api_token: Replicate API token (default: $REPLICATE_API_TOKEN).
         model: "owner/name" (latest version), "owner/name:version" or a 64-hex version id.
-        store: a job store, or the path of its SQLite file (default: ~/.cache/latentsync/client.sqlite).
+        store: a job store, a redis:// URL, or the path of a SQLite file (default:
+            ~/.cache/latentsync/client.sqlite).
         base_url: another API endpoint (default: Replicate's).
-        output_dir: where outputs are downloaded (default: next to the store).
+        output_dir: where outputs are downloaded (default: next to a SQLite store, else
+            ~/.cache/latentsync/outputs).
     """
 
     def __init__(self, api_token=None, model=DEFAULT_MODEL, store=None, base_url=None, output_dir=None,
@@ -72,9 +74,9 @@ class LipSyncClient:
         self._retry_after = threading.local()  # Retry-After of this thread's last refused request
         self.api = replicate.Client(api_token=token, base_url=base_url, event_hooks={"response": [self._note_retry_after]})
         self.model, self.version = _parse_model(model)
-        store = store or Path.home() / ".cache" / "latentsync" / "client.sqlite"
-        self.store = store if hasattr(store, "claim") else SQLiteStore(store)
-        self.output_dir = Path(output_dir) if output_dir else Path(getattr(self.store, "path", Path.cwd())).parent / "outputs"
+        cache = Path.home() / ".cache" / "latentsync"
+        self.store = open_store(store or cache / "client.sqlite")
+        self.output_dir = Path(output_dir) if output_dir else (self.store.path.parent if isinstance(self.store, SQLiteStore) else cache) / "outputs"
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.retries, self.backoff = retries, backoff
         self.inline_max_bytes = inline_max_bytes
