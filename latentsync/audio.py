@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webrtcvad
-from whisper.audio import HOP_LENGTH, N_FRAMES, log_mel_spectrogram
+from whisper.audio import HOP_LENGTH, N_FFT, N_FRAMES, mel_filters
 from whisper.model import AudioEncoder as WhisperAudioEncoder
 from whisper.model import ModelDimensions
 
@@ -72,7 +72,8 @@ def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         raise _decoding_error(path, result.stderr.decode(errors="replace"))
-    samples = np.frombuffer(result.stdout, np.int16).astype(np.float32) / 32768.0
+    samples = np.frombuffer(result.stdout, np.int16).astype(np.float32)
+    samples /= 32768.0  # in place: long audio is tens of megabytes
     if samples.size == 0:
         raise AudioError(f"{path.name} contains no audio samples (zero length); pass a file with sound in it.")
     return samples
@@ -145,10 +146,7 @@ class AudioEncoder:
         `.tensor()` gives everything at once.
         """
         samples = _as_samples(audio)
-        # One log-mel over the whole audio, as the official computes it: its level normalisation
-        # uses the loudest point of the whole file.
-        mel = log_mel_spectrogram(torch.from_numpy(samples), self.n_mels)
-        return AudioFeatures(self, mel)
+        return AudioFeatures(self, log_mel(samples, self.n_mels))
 
     def frame_features(self, audio, fps: float = MODEL_FPS) -> torch.Tensor:
         """Every video frame's chunk, (num_frames(...), 50, dim), as the official computes them.
@@ -173,6 +171,29 @@ class AudioEncoder:
             x = block(x)
             layers.append(x)
         return torch.stack(layers, dim=2)[0].cpu()
+
+
+def log_mel(samples: np.ndarray, n_mels: int, chunk_frames: int = N_FRAMES) -> torch.Tensor:
+    """Whisper's log-mel spectrogram of the whole audio (`whisper.audio.log_mel_spectrogram`, as
+    the official computes it: its level floor follows the loudest point of the whole file), built
+    30 s at a time so that long audio never holds its whole short-time Fourier transform."""
+    audio, n = torch.from_numpy(samples), len(samples)
+    total = n // HOP_LENGTH  # torch.stft(center=True) gives one frame more; whisper drops it
+    window, filters = torch.hann_window(N_FFT), mel_filters("cpu", n_mels)
+    log_spec = torch.empty(n_mels, total)
+    for start in range(0, total, chunk_frames):
+        stop = min(total, start + chunk_frames)
+        # Frame j is centred on sample j * HOP_LENGTH; past either end the audio is mirrored
+        # (stft's reflect padding of N_FFT / 2).
+        first, last = start * HOP_LENGTH - N_FFT // 2, (stop - 1) * HOP_LENGTH + N_FFT // 2
+        piece = audio[max(first, 0) : min(last, n)]
+        if first < 0:
+            piece = torch.cat([audio[1 : 1 - first].flip(0), piece])
+        if last > n:
+            piece = torch.cat([piece, audio[2 * n - 1 - last : n - 1].flip(0)])
+        stft = torch.stft(piece, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+        log_spec[:, start:stop] = torch.clamp(filters @ stft.abs() ** 2, min=1e-10).log10()
+    return log_spec.clamp_(min=log_spec.max().item() - 8.0).add_(4.0).div_(4.0)
 
 
 def _as_samples(audio) -> np.ndarray:
@@ -314,7 +335,10 @@ def voice_activity(samples: np.ndarray, frame_ms: int = VAD_FRAME_MS, aggressive
     # After a few seconds of speech webrtcvad can take steady low noise (room tone) for speech, for
     # seconds on end. "Loud" is the 99th percentile of frame levels: speech even when it is sparse,
     # yet not a single click.
-    level_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-3)
+    energy = np.empty(len(frames))
+    for start in range(0, len(frames), 4096):  # in blocks: a float64 copy of long audio is large
+        energy[start : start + 4096] = np.mean(frames[start : start + 4096].astype(np.float64) ** 2, axis=1)
+    level_db = 10 * np.log10(energy + 1e-3)
     if len(level_db):
         speech &= level_db > np.percentile(level_db, 99) - QUIET_BELOW_LOUD_DB
     return speech

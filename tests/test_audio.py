@@ -14,6 +14,7 @@ from latentsync.audio import (
     AudioError,
     frame_chunks,
     load_audio,
+    log_mel,
     num_frames,
     silent_spans,
     voice_activity,
@@ -128,6 +129,16 @@ def test_official_mode_matches_the_official_segments_beyond_30_seconds(whisper_p
     expected = official_features(whisper_path, long_audio)
     assert expected.shape == long_features["official"].shape == (len(long_audio) // 320, 5, 384)
     assert (long_features["official"] - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("length", [320, 401, 16000 * 7 + 123])
+@pytest.mark.parametrize("chunk_frames", [3, 64, 3000])
+def test_log_mel_in_chunks_equals_whispers_whole_file_log_mel(demo1, length, chunk_frames):
+    samples = np.ascontiguousarray(demo1[:length])
+    expected = whisper.audio.log_mel_spectrogram(torch.from_numpy(samples), 80)
+    assert torch.allclose(log_mel(samples, 80, chunk_frames=chunk_frames), expected, rtol=0, atol=1e-6)
+    if chunk_frames == 3000:  # one chunk: the very same arithmetic
+        assert torch.equal(log_mel(samples, 80, chunk_frames=chunk_frames), expected)
 
 
 def test_the_decoder_is_not_loaded(encoder, whisper_path):
