@@ -3,7 +3,6 @@ store as a SQLite file and in a real redis-server on 127.0.0.1."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from latentsync.client.params import PARAMETERS, validate
 from latentsync.client.store import CLAIM_TTL_S, open_store
 from latentsync.config import REPO_ROOT
 from latentsync.video import probe
+from tests.cog_server import free_port
 from tests.fake_replicate import MODEL_VERSION, FakeReplicate
 from tests.media import ffmpeg, small_clip, speech
 
@@ -45,9 +45,7 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server on 127.0.0.1 (installed by scripts/setup_env.sh), no persistence."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     folder = tmp_path_factory.mktemp("redis")
     server = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
@@ -243,9 +241,7 @@ def test_cancel(fake, tmp_path, media):
 @pytest.fixture
 def webhook_server(tmp_path, fake, store_spec):
     store = open_store(store_spec)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(webhook_app(fake.secret, store), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
