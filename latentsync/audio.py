@@ -1,4 +1,5 @@
-"""Audio: decoding to 16 kHz mono, Whisper features per video frame, and voice activity.
+"""Audio analysis: Whisper features per video frame, and voice activity (decoding is in
+`latentsync.media.decode`).
 
 LatentSync conditions each video frame on Whisper-tiny encoder features: the input embedding and
 every block's output (5 layers x 384) for each 20 ms Whisper frame, cut into one chunk of 10
@@ -11,7 +12,6 @@ Typical use:
     chunks = frame_chunks(features, start=0, count=16)  # (16, 50, 384) for video frames 0..15
 """
 
-import subprocess
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,14 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webrtcvad
-from whisper.audio import HOP_LENGTH, N_FFT, N_FRAMES, mel_filters
+from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
+from whisper.audio import N_FRAMES as WHISPER_WINDOW_MEL_FRAMES  # 3000 mel frames: Whisper's 30 s window
 from whisper.model import AudioEncoder as WhisperAudioEncoder
 from whisper.model import ModelDimensions
 
 from .config import AUDIO_SAMPLE_RATE, MODEL_FPS
+from .media.decode import AudioError, load_audio
 
 WHISPER_FPS = 50  # encoder frames per second (mel hop 10 ms, then a stride-2 convolution)
-WINDOW_FRAMES = N_FRAMES // 2  # encoder frames in one 30 s window (1500)
+WHISPER_WINDOW_FRAMES = WHISPER_WINDOW_MEL_FRAMES // 2  # encoder frames in one 30 s window (1500)
 CHUNK_BEFORE, CHUNK_AFTER = 2, 2  # video frames of context on each side of a frame's audio chunk
 MIN_SAMPLES = 2 * HOP_LENGTH  # 20 ms: the shortest audio that yields one encoder frame
 
@@ -45,56 +47,6 @@ QUIET_BELOW_LOUD_DB = 35  # frames this far below the loud frames are never spee
 SPEECH_ONSET_S = 0.09
 SPEECH_HANGOVER_S = 0.15
 SILENCE_MARGIN_S = 0.06  # pauses are shrunk by this at each end next to speech
-
-
-class AudioError(ValueError):
-    """The audio input cannot be used; the message says why and what to do."""
-
-
-# ---- decoding -----------------------------------------------------------------------------------
-
-
-def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
-    """Decode the audio of any file ffmpeg reads (audio, or a video's audio track) to mono float32
-    samples in [-1, 1] at `sample_rate`.
-
-    The ffmpeg command and int16 scaling are Whisper's own `load_audio`, so features computed from
-    these samples equal those the official code computes from the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"Audio file not found: {path}; pass the path of an existing audio or video file.")
-    command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0",
-        "-i", f"file:{path}",  # "file:" so that no name is read as another protocol or an option
-        "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sample_rate), "-",
-    ]
-    result = subprocess.run(command, capture_output=True)
-    if result.returncode != 0:
-        raise _decoding_error(path, result.stderr.decode(errors="replace"))
-    samples = np.frombuffer(result.stdout, np.int16).astype(np.float32)
-    samples /= 32768.0  # in place: long audio is tens of megabytes
-    if samples.size == 0:
-        raise AudioError(f"{path.name} contains no audio samples (zero length); pass a file with sound in it.")
-    return samples
-
-
-def _decoding_error(path: Path, ffmpeg_message: str) -> AudioError:
-    """Tell a file without an audio stream from one that cannot be decoded at all."""
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of", "csv=p=0", f"file:{path}"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode == 0 and not probe.stdout.strip():
-        return AudioError(f"{path.name} has no audio stream; pass a file with an audio track.")
-    lines = [line for line in ffmpeg_message.splitlines() if line.strip()]
-    reason = lines[-1] if lines else "ffmpeg gave no reason"
-    return AudioError(
-        f"Cannot decode the audio of {path.name} ({reason}); pass an audio file "
-        "(wav, mp3, aac, m4a, ogg, opus, flac) or a video with an audio track."
-    )
-
 
 # ---- Whisper features ---------------------------------------------------------------------------
 
@@ -160,8 +112,8 @@ class AudioEncoder:
     def encode_window(self, mel: torch.Tensor, start: int) -> torch.Tensor:
         """Encoder outputs for the 30 s of mel frames from `start` (zero-padded past the end):
         the embedding and every block's output, (1500, layers + 1, dim) on the CPU."""
-        segment = mel[:, start : start + N_FRAMES]
-        segment = F.pad(segment, (0, N_FRAMES - segment.shape[-1]))
+        segment = mel[:, start : start + WHISPER_WINDOW_MEL_FRAMES]
+        segment = F.pad(segment, (0, WHISPER_WINDOW_MEL_FRAMES - segment.shape[-1]))
         encoder = self.encoder
         x = F.gelu(encoder.conv1(segment[None].to(self.device)))
         x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
@@ -173,7 +125,7 @@ class AudioEncoder:
         return torch.stack(layers, dim=2)[0].cpu()
 
 
-def log_mel(samples: np.ndarray, n_mels: int, chunk_frames: int = N_FRAMES) -> torch.Tensor:
+def log_mel(samples: np.ndarray, n_mels: int, chunk_frames: int = WHISPER_WINDOW_MEL_FRAMES) -> torch.Tensor:
     """Whisper's log-mel spectrogram of the whole audio (`whisper.audio.log_mel_spectrogram`, as
     the official computes it: its level floor follows the loudest point of the whole file), built
     30 s at a time so that long audio never holds its whole short-time Fourier transform."""
@@ -265,17 +217,17 @@ class AudioFeatures:
 
 def _plan_windows(total: int, window_mode: str) -> list[tuple[int, torch.Tensor]]:
     """Where each 30 s window starts (in encoder frames) and its weight for each frame it covers."""
-    if window_mode == "official" or total <= WINDOW_FRAMES:
-        return [(start, torch.ones(min(WINDOW_FRAMES, total - start))) for start in range(0, total, WINDOW_FRAMES)]
-    starts = list(range(0, total - WINDOW_FRAMES, OVERLAP_HOP)) + [total - WINDOW_FRAMES]
+    if window_mode == "official" or total <= WHISPER_WINDOW_FRAMES:
+        return [(start, torch.ones(min(WHISPER_WINDOW_FRAMES, total - start))) for start in range(0, total, WHISPER_WINDOW_FRAMES)]
+    starts = list(range(0, total - WHISPER_WINDOW_FRAMES, OVERLAP_HOP)) + [total - WHISPER_WINDOW_FRAMES]
     windows = []
     for k, start in enumerate(starts):
-        frames = torch.arange(start, start + WINDOW_FRAMES, dtype=torch.float64)
+        frames = torch.arange(start, start + WHISPER_WINDOW_FRAMES, dtype=torch.float64)
         weights = torch.ones_like(frames)
         if k > 0:  # fade in across the overlap with the previous window
-            weights *= _fade_in(frames, overlap=(start, starts[k - 1] + WINDOW_FRAMES))
+            weights *= _fade_in(frames, overlap=(start, starts[k - 1] + WHISPER_WINDOW_FRAMES))
         if k + 1 < len(starts):  # fade out across the overlap with the next one
-            weights *= 1 - _fade_in(frames, overlap=(starts[k + 1], start + WINDOW_FRAMES))
+            weights *= 1 - _fade_in(frames, overlap=(starts[k + 1], start + WHISPER_WINDOW_FRAMES))
         windows.append((start, weights.float()))
     return windows
 

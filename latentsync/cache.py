@@ -35,7 +35,7 @@ from typing import Callable, Mapping, NamedTuple
 from filelock import FileLock, Timeout
 
 from .config import REPO_ROOT
-from .weights import sha256_of
+from .files import sha256_of
 
 MANIFEST = "entry.json"
 KEY_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,128}")

@@ -1,31 +1,25 @@
-"""Project-wide settings: where configs and weights live, and the constants the model was trained with."""
+"""Configuration in one place: where things live, the constants the model was trained with, the
+service's inputs with their defaults and ranges, the service's limits, and every LATENTSYNC_*
+environment variable.
+
+The model versions themselves (U-Net config, resolution, files) are listed in
+weights_manifest.json only (see `latentsync.weights`).
+"""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+# ---- where things live --------------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
 SCHEDULER_CONFIG_DIR = CONFIGS_DIR  # holds scheduler_config.json (diffusers `from_pretrained` layout)
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "checkpoints"
-
-# The official U-Net config for each released model version.
-UNET_CONFIGS = {
-    "1.5": CONFIGS_DIR / "unet" / "stage2.yaml",
-    "1.6": CONFIGS_DIR / "unet" / "stage2_512.yaml",
-}
-
-MODEL_FPS = 25  # video frame rate the model was trained at
-AUDIO_SAMPLE_RATE = 16000  # Whisper's input rate
-NUM_FRAMES = 16  # frames denoised together in one window
-VAE_SCALING_FACTOR = 0.18215
-VAE_SHIFT_FACTOR = 0.0
-
-
-def weights_dir() -> Path:
-    """The folder holding downloaded weights (`LATENTSYNC_WEIGHTS_DIR` overrides the default)."""
-    return Path(os.environ.get("LATENTSYNC_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR))
+DEFAULT_MANIFEST = REPO_ROOT / "weights_manifest.json"
+DEFAULT_SHARED_DIR = REPO_ROOT.parent / "shared"  # test media and reference vectors (tests, benchmarks)
 
 
 def load_yaml(path) -> dict:
@@ -33,7 +27,89 @@ def load_yaml(path) -> dict:
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
-# Limits the hosted service enforces on inputs (the library and CLI themselves take any length).
+
+# ---- what the model was trained with ------------------------------------------------------------
+
+MODEL_FPS = 25  # video frame rate
+AUDIO_SAMPLE_RATE = 16000  # Whisper's input rate
+FRAMES_PER_WINDOW = 16  # video frames the U-Net denoises together
+VAE_SCALING_FACTOR = 0.18215
+VAE_SHIFT_FACTOR = 0.0
+
+# ---- a job's defaults (the official inference settings, and the hosted model's) -----------------
+
+DEFAULT_VERSION = "1.6"
+DEFAULT_INFERENCE_STEPS = 20
+DEFAULT_GUIDANCE_SCALE = 1.5
+DEFAULT_SEED = 1247
+DEFAULT_ENABLE_DEEPCACHE = True  # the service's default; the official CLI flag stays opt-in
+DEFAULT_CRF = 18
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of the service (the Cog predictor, the web app and the client share these)."""
+
+    kind: type
+    default: object
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+
+
+LENGTH_MODES = ("bounce", "loop", "cut_off", "silence", "remap")  # see planner.LengthMode
+LOW_SYNC_ACTIONS = ("regenerate", "passthrough")
+
+# The service's options by their Cog names (the hosted bytedance/latentsync's, plus ours).
+SERVICE_INPUTS = {
+    "guidance_scale": InputSpec(float, DEFAULT_GUIDANCE_SCALE, "How strongly the mouth follows the audio (classifier-free guidance).", 1.0, 3.0),
+    "inference_steps": InputSpec(int, DEFAULT_INFERENCE_STEPS, "Denoising steps: more is slower and slightly sharper.", 20, 50),
+    "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report)."),
+    "version": InputSpec(str, DEFAULT_VERSION, "LatentSync model: 1.6 (512 px, sharper) or 1.5 (256 px, faster).", choices=("1.5", "1.6")),
+    "enable_deepcache": InputSpec(bool, DEFAULT_ENABLE_DEEPCACHE, "Reuse deep U-Net features between steps: about 2x faster, nearly identical."),
+    "length_mode": InputSpec(
+        str, LENGTH_MODES[0],
+        "When audio and video lengths differ: bounce (play the video back and forth), loop, cut_off (shorter of the two), "
+        "silence (keep the video length; silent tail), remap (stretch the video to the audio).",
+        choices=LENGTH_MODES,
+    ),
+    "skip_silence": InputSpec(bool, True, "Keep the original frames where the audio pauses (0.3 s or longer)."),
+    "speaker_point": InputSpec(
+        str, "", "When several faces are visible: 'x,y' (pixels, first frame) or 'x,y,frame' on the speaker's face. Empty: the largest, most present face."
+    ),
+    "min_sync_confidence": InputSpec(float, 0.0, "Regenerate or pass through spans whose SyncNet confidence is lower (0: off).", 0.0, 15.0),
+    "low_sync_action": InputSpec(str, LOW_SYNC_ACTIONS[0], "What to do with spans below min_sync_confidence.", choices=LOW_SYNC_ACTIONS),
+    "output_fps": InputSpec(str, "25", "25 (the model's rate, as the official) or source (keep a 24-30 fps source's rate).", choices=("25", "source")),
+    "crf": InputSpec(int, DEFAULT_CRF, "H.264 quality of the output: lower is better and bigger.", 10, 35),
+    "return_report": InputSpec(bool, False, "Return {video, report} instead of just the video; the report lists what was regenerated and why."),
+}
+
+# ---- what the hosted service accepts (the library and the CLI take any length) ------------------
+
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_DURATION_S = 600.0
 MAX_FRAME_SIDE = 4096  # 4K (3840x2160 or 4096x2160), portrait or landscape
+
+# ---- environment variables -----------------------------------------------------------------------
+
+
+def weights_dir() -> Path:
+    """The folder holding downloaded weights: $LATENTSYNC_WEIGHTS_DIR, else checkpoints/."""
+    return Path(os.environ.get("LATENTSYNC_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
+
+
+def weights_manifest() -> Path:
+    """The weights manifest: $LATENTSYNC_WEIGHTS_MANIFEST (its paths resolve against its folder),
+    else the repository's weights_manifest.json."""
+    return Path(os.environ.get("LATENTSYNC_WEIGHTS_MANIFEST") or DEFAULT_MANIFEST)
+
+
+def weights_base_url() -> str | None:
+    """$LATENTSYNC_WEIGHTS_BASE_URL: replaces the scheme and host of every weight URL (mirrors)."""
+    return os.environ.get("LATENTSYNC_WEIGHTS_BASE_URL") or None
+
+
+def shared_dir() -> Path:
+    """The provided test media and reference vectors: $LATENTSYNC_SHARED_DIR, else ../shared."""
+    return Path(os.environ.get("LATENTSYNC_SHARED_DIR") or DEFAULT_SHARED_DIR)

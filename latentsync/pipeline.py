@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import AudioEncoder, AudioFeatures, frame_chunks, load_audio, silent_spans
+from .audio import AudioEncoder, AudioFeatures, frame_chunks, silent_spans
 from .cache import cache_key, place
-from .config import AUDIO_SAMPLE_RATE, MODEL_FPS, NUM_FRAMES, load_yaml
+from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW, MODEL_FPS, load_yaml
 from .denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae, unet_device_dtype
 from .face.align import FaceAligner
 from .face.detect import create_detector
@@ -50,7 +50,10 @@ from .planner import (
     windows_for,
 )
 from .sync import SyncNetScorer
-from .video import VideoWriter, frames_in_order, probe_video
+from .media.decode import frames_in_order, load_audio
+from .media.encode import VideoWriter
+from .media.probe import probe_video
+from .options import LipsyncOptions
 
 __all__ = ["LipsyncOptions", "LipsyncPipeline", "LipsyncResult", "NoFaceError", "denoise_window"]
 
@@ -63,35 +66,6 @@ MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regene
 
 class NoFaceError(ValueError):
     """No frame of the video has a usable face of the speaker."""
-
-
-@dataclass
-class LipsyncOptions:
-    """Everything about a job that changes its output (and so its result-cache key)."""
-
-    num_inference_steps: int = 20
-    guidance_scale: float = 1.5
-    seed: int = 1247
-    enable_deepcache: bool = False
-    length_mode: str = "bounce"  # bounce | loop | cut_off | silence | remap (see planner.LengthMode)
-    skip_silence: bool = True  # keep the original frames where the audio pauses (>= min_silence_s)
-    min_silence_s: float = 0.3
-    keep_source_fps: bool = False  # output at the source frame rate (24-30 fps sources) instead of 25
-    speaker_point: tuple | None = None  # (x, y, frame): speak with the face at that point
-    speaker_box: tuple | None = None  # (x1, y1, x2, y2, frame): speak with the face overlapping that box
-    max_yaw_degrees: float = 60.0  # faces turned further away than this pass through
-    min_sync_confidence: float | None = None  # generated spans scoring lower get `low_sync_action`
-    low_sync_action: str = "regenerate"  # regenerate (once, guidance + 0.5) | passthrough
-    crf: int = 18
-
-    def __post_init__(self):
-        LengthMode(self.length_mode)
-        if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be at least 1.")
-        if self.guidance_scale < 1.0:
-            raise ValueError("guidance_scale must be at least 1.0 (1.0 turns classifier-free guidance off).")
-        if self.low_sync_action not in ("regenerate", "passthrough"):
-            raise ValueError("low_sync_action must be 'regenerate' or 'passthrough'.")
 
 
 @dataclass
@@ -248,7 +222,7 @@ class LipsyncPipeline:
         timings["audio_s"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        frames = tqdm(frames_in_order(video_path, fps), desc="Finding faces", unit="frame", total=info.frame_count(fps), leave=False)
+        frames = tqdm(frames_in_order(video_path, fps), desc="Finding faces", unit="frame", total=frames_covering(info.duration, fps), leave=False)
         detections = [self.face_detector.detect(frame) for frame in frames]
         timings["face_detection_s"] = time.perf_counter() - tick
         if not detections:
@@ -373,7 +347,7 @@ class LipsyncPipeline:
             device, dtype = unet_device_dtype(self.unet)
             generator = torch.Generator(device=device).manual_seed(options.seed)
             # One noise frame for the whole video, drawn first, as the official does.
-            noise = initial_noise(generator, self.resolution // 8, NUM_FRAMES, device, dtype)
+            noise = initial_noise(generator, self.resolution // 8, FRAMES_PER_WINDOW, device, dtype)
             aligner = FaceAligner(self.resolution)
             wanted = [i for span in planned for i in range(span.start, span.end)]
             frames = frames_in_order(video_path, plan.fps, plan.source_frames[wanted])
@@ -479,7 +453,7 @@ class LipsyncPipeline:
             "fraction_skipped": round(1 - generated / total, 4),
             "sync_confidence": round(sum(c * n for c, n in scored) / sum(n for _, n in scored), 3) if scored else None,
             "unet_window_steps": counters["unet_window_steps"],
-            "unet_window_steps_every_frame": math.ceil(total / NUM_FRAMES) * options.num_inference_steps,
+            "unet_window_steps_every_frame": math.ceil(total / FRAMES_PER_WINDOW) * options.num_inference_steps,
             "options": json.loads(json.dumps(asdict(options))),
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
@@ -536,7 +510,7 @@ def _limit_span_length(spans: list[Span], limit: int) -> list[Span]:
 
 
 def _window_length(item: _Window, span: Span) -> int:
-    return len(item.faces) if item.faces is not None else min(NUM_FRAMES, span.end - item.start)
+    return len(item.faces) if item.faces is not None else min(FRAMES_PER_WINDOW, span.end - item.start)
 
 
 def _faces_for_scoring(faces: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,7 @@ from enum import Enum
 
 import numpy as np
 
-from .config import NUM_FRAMES
+from .config import FRAMES_PER_WINDOW
 
 
 class LengthMode(str, Enum):
@@ -128,7 +128,7 @@ def split_at(spans: list[Span], boundaries: set[int]) -> list[Span]:
     return result
 
 
-def windows_for(span: Span, window: int = NUM_FRAMES) -> list[range]:
+def windows_for(span: Span, window: int = FRAMES_PER_WINDOW) -> list[range]:
     """Consecutive windows of `window` frames over a generated span, the last one shorter (official)."""
     return [range(s, min(s + window, span.end)) for s in range(span.start, span.end, window)]
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from .config import MAX_DURATION_S, MAX_FRAME_SIDE, MAX_INPUT_BYTES
-from .video import MediaError, MediaInfo, probe, probe_video
+from .media.probe import MediaError, MediaInfo, probe, probe_video
 
 
 def check_inputs(video: Path, audio: Path) -> MediaInfo:

@@ -7,13 +7,12 @@ sidecar file records the finished chunks), retried with backoff, checked against
 size and sha256, and moved into place atomically. A per-file lock keeps two processes from
 fetching the same file.
 
-Environment overrides, for mirrors, air-gapped installs and tests:
+Environment overrides, for mirrors, air-gapped installs and tests (read in `latentsync.config`):
   LATENTSYNC_WEIGHTS_DIR       where weights live (default: checkpoints/ in the repository)
   LATENTSYNC_WEIGHTS_MANIFEST  another manifest file (its paths resolve relative to its folder)
   LATENTSYNC_WEIGHTS_BASE_URL  replaces the scheme and host of every URL, keeping the path
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -30,11 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from filelock import FileLock
 
-from .config import REPO_ROOT, weights_dir as default_weights_dir
+from .config import DEFAULT_MANIFEST, REPO_ROOT, weights_base_url, weights_manifest
+from .config import weights_dir as default_weights_dir
+from .files import sha256_of, write_json_atomically
 
 logger = logging.getLogger("latentsync.weights")
 
-DEFAULT_MANIFEST = REPO_ROOT / "weights_manifest.json"
 LOCK_FILE = "weights.lock.json"  # sha256 recorded at first download for entries without one
 VERIFIED_FILE = ".verified.json"  # (size, mtime) of files already hashed, to skip re-hashing
 CHUNK_SIZE = 16 * 1024 * 1024
@@ -94,7 +94,7 @@ class ModelFiles:
 
 def load_manifest(path=None) -> Manifest:
     """Read and check a manifest (`LATENTSYNC_WEIGHTS_MANIFEST` or the repository's)."""
-    path = Path(path or os.environ.get("LATENTSYNC_WEIGHTS_MANIFEST") or DEFAULT_MANIFEST)
+    path = Path(path or weights_manifest())
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -174,16 +174,8 @@ def ensure_file(entry: WeightFile, root: Path) -> Path:
         raise WeightsError(" / ".join(errors))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(8 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _with_base_url(url: str) -> str:
-    base = os.environ.get("LATENTSYNC_WEIGHTS_BASE_URL")
+    base = weights_base_url()
     if not base:
         return url
     new, old = urlsplit(base), urlsplit(url)
@@ -216,11 +208,11 @@ def _remember(root: Path, entry: WeightFile, path: Path, sha256: str) -> None:
     with FileLock(str(root / VERIFIED_FILE) + ".lock"):
         verified = _read_json(root / VERIFIED_FILE)
         verified[entry.path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-        _write_json(root / VERIFIED_FILE, verified)
+        write_json_atomically(root / VERIFIED_FILE, verified, sort_keys=True)
         if entry.sha256 is None:
             locked = _read_json(root / LOCK_FILE)
             locked.setdefault(entry.path, {"sha256": sha256, "size": stat.st_size})
-            _write_json(root / LOCK_FILE, locked)
+            write_json_atomically(root / LOCK_FILE, locked, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict:
@@ -228,12 +220,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(temporary, path)
 
 
 # ---- downloading ---------------------------------------------------------------------------
@@ -317,7 +303,7 @@ def _http_download(url: str, partial: Path, entry: WeightFile) -> None:
             state = {"url": url, "total": total, "done": []}
             with open(partial, "wb") as file:
                 file.truncate(total)
-            _write_json(sidecar, state)
+            write_json_atomically(sidecar, state)
         done, lock = set(state["done"]), threading.Lock()
 
         def fetch(chunk):
@@ -325,7 +311,7 @@ def _http_download(url: str, partial: Path, entry: WeightFile) -> None:
             _retrying(lambda: _fetch_range(client, url, partial, start, end, what), what)
             with lock:
                 done.add(start)
-                _write_json(sidecar, {"url": url, "total": total, "done": sorted(done)})
+                write_json_atomically(sidecar, {"url": url, "total": total, "done": sorted(done)})
 
         todo = [chunk for chunk in chunks if chunk[0] not in done]
         with ThreadPoolExecutor(max_workers=PARALLEL_CHUNKS) as pool:

@@ -68,18 +68,21 @@ def work_avoided() -> dict:
 def cold_setup() -> dict:
     """Loading a full-size U-Net checkpoint (random weights, generated once into bench/) with
     the rest of the pipeline, as setup() does once the weights are on disk."""
-    from latentsync.config import UNET_CONFIGS, load_yaml
+    from latentsync.config import load_yaml
     from latentsync.models.unet import UNet3DConditionModel
     from latentsync.pipeline import LipsyncPipeline
+    from latentsync.weights import load_manifest
+
+    config = load_manifest().versions["1.5"].unet_config
     from tests.media import tiny_files
 
     checkpoint = OUT / "random_full_unet.pt"
     if not checkpoint.exists():
         with torch.device("meta"):
-            unet = UNet3DConditionModel.from_config(load_yaml(UNET_CONFIGS["1.5"])["model"])
+            unet = UNet3DConditionModel.from_config(load_yaml(config)["model"])
         torch.save({"state_dict": {k: torch.randn(v.shape) * 0.02 for k, v in unet.state_dict().items()}}, checkpoint)
     files = tiny_files()
-    files.unet_config, files.unet_checkpoint, files.resolution = UNET_CONFIGS["1.5"], checkpoint, 256
+    files.unet_config, files.unet_checkpoint, files.resolution = config, checkpoint, 256
     tick = time.perf_counter()
     LipsyncPipeline.from_files(files, device="cpu", face_detector="mediapipe")
     return {"seconds": round(time.perf_counter() - tick, 1), "checkpoint_gb": round(checkpoint.stat().st_size / 1e9, 2), "note": "full-size U-Net; VAE and Whisper are the tiny test models"}

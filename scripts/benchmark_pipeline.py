@@ -25,7 +25,8 @@ import latentsync.pipeline as pipeline_module
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import create_detector
 from latentsync.pipeline import LipsyncOptions, LipsyncPipeline
-from latentsync.video import VideoWriter, read_frames
+from latentsync.media.decode import read_frames
+from latentsync.media.encode import VideoWriter
 from tests.media import tiny_files
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"

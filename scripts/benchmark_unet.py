@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from latentsync.config import NUM_FRAMES, UNET_CONFIGS, load_yaml
+from latentsync.config import FRAMES_PER_WINDOW, load_yaml
 from latentsync.denoise import deepcache, load_scheduler
 from latentsync.models.unet import UNet3DConditionModel
+from latentsync.weights import load_manifest
 
 
 def random_unet(config_path, dtype, device) -> UNet3DConditionModel:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    config = args.config or UNET_CONFIGS["1.5" if args.resolution <= 256 else "1.6"]
+    config = args.config or load_manifest().versions["1.5" if args.resolution <= 256 else "1.6"].unet_config
     latent = args.resolution // 8
 
     started = time.perf_counter()
@@ -69,8 +70,8 @@ def main(argv=None) -> int:
         "build_s": round(time.perf_counter() - started, 1),
     }
     generator = torch.Generator().manual_seed(1)
-    sample = torch.randn(2, 13, NUM_FRAMES, latent, latent, generator=generator).to(device, dtype)
-    audio = torch.randn(2 * NUM_FRAMES, 50, 384, generator=generator).to(device, dtype)
+    sample = torch.randn(2, 13, FRAMES_PER_WINDOW, latent, latent, generator=generator).to(device, dtype)
+    audio = torch.randn(2 * FRAMES_PER_WINDOW, 50, 384, generator=generator).to(device, dtype)
 
     def step(t=500):
         out = unet(sample, torch.tensor(t), encoder_hidden_states=audio).sample

@@ -16,26 +16,24 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from latentsync.config import UNET_CONFIGS, load_yaml
-from latentsync.pipeline import LipsyncOptions, LipsyncPipeline, NoFaceError
-from latentsync.planner import LengthMode
+from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, DEFAULT_SEED, DEFAULT_VERSION, LENGTH_MODES, LOW_SYNC_ACTIONS, load_yaml
+from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
+from latentsync.pipeline import LipsyncPipeline, NoFaceError
 from latentsync.weights import WeightsError, load_manifest, model_files
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     official = parser.add_argument_group("official flags")
-    official.add_argument("--unet_config_path", default=str(UNET_CONFIGS["1.6"]), help="U-Net config (stage2.yaml = 1.5, stage2_512.yaml = 1.6)")
+    official.add_argument("--unet_config_path", default=str(load_manifest().versions[DEFAULT_VERSION].unet_config), help="U-Net config (stage2.yaml = 1.5, stage2_512.yaml = 1.6)")
     official.add_argument("--inference_ckpt_path", default=None, help="U-Net checkpoint (default: the config's version in the weights folder)")
     official.add_argument("--video_path", required=True)
     official.add_argument("--audio_path", required=True, help="audio file, or a video whose audio track to use")
     official.add_argument("--video_out_path", required=True)
-    official.add_argument("--inference_steps", type=int, default=None, help="denoising steps (default: the config's, 20)")
-    official.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (default: the config's, 1.5)")
+    official.add_argument("--inference_steps", type=int, default=None, help=f"denoising steps (default: the config's, {DEFAULT_INFERENCE_STEPS})")
+    official.add_argument("--guidance_scale", type=float, default=None, help=f"classifier-free guidance (default: the config's, {DEFAULT_GUIDANCE_SCALE})")
     official.add_argument("--temp_dir", default=None, help="parent folder for this job's temporary files")
-    official.add_argument("--seed", type=int, default=1247, help="random seed; -1 picks one at random")
+    official.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed; -1 picks one at random")
     official.add_argument("--enable_deepcache", action="store_true", help="reuse deep U-Net features between steps (faster)")
 
     models = parser.add_argument_group("model files")
@@ -50,28 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     production = parser.add_argument_group("production options")
     production.add_argument("--report_path", default=None, help="JSON report (default: <output>.report.json)")
-    production.add_argument("--length_mode", choices=[m.value for m in LengthMode], default="bounce")
+    production.add_argument("--length_mode", choices=LENGTH_MODES, default=LENGTH_MODES[0])
     production.add_argument("--no_skip_silence", action="store_true", help="regenerate silent stretches too")
     production.add_argument("--keep_source_fps", action="store_true", help="keep a 24-30 fps source's rate instead of 25")
-    production.add_argument("--speaker_point", default=None, help="x,y,frame: lip-sync the face at this point")
-    production.add_argument("--speaker_box", default=None, help="x1,y1,x2,y2,frame: lip-sync the face in this box")
+    production.add_argument("--speaker_point", default=None, help="x,y or x,y,frame: lip-sync the face at this point")
+    production.add_argument("--speaker_box", default=None, help="x1,y1,x2,y2 or x1,y1,x2,y2,frame: lip-sync the face in this box")
     production.add_argument("--min_sync_confidence", type=float, default=None)
-    production.add_argument("--low_sync_action", choices=["regenerate", "passthrough"], default="regenerate")
-    production.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+    production.add_argument("--low_sync_action", choices=LOW_SYNC_ACTIONS, default=LOW_SYNC_ACTIONS[0])
+    production.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality (lower is better)")
     args = parser.parse_args(argv)
     if args.inference_steps is not None and args.inference_steps < 1:
         parser.error("--inference_steps must be at least 1")
     return args
-
-
-def _numbers(text: str | None, count: int, flag: str) -> tuple | None:
-    if text is None:
-        return None
-    parts = text.split(",")
-    if len(parts) != count:
-        raise SystemExit(f"error: {flag} needs {count} comma-separated numbers, got {text!r}")
-    values = [float(p) for p in parts[:-1]] + [int(parts[-1])]
-    return tuple(values)
 
 
 def resolve_files(args, config: dict):
@@ -102,19 +90,19 @@ def main(argv=None) -> int:
             return 1
     config = load_yaml(args.unet_config_path)
     run = config.get("run", {})
-    seed = args.seed if args.seed != -1 else int(torch.seed() % 2**31)
+    seed = resolve_seed(args.seed)
     print(f"Seed: {seed}")
     try:
         options = LipsyncOptions(
-            num_inference_steps=args.inference_steps or run.get("inference_steps", 20),
-            guidance_scale=args.guidance_scale if args.guidance_scale is not None else run.get("guidance_scale", 1.5),
+            num_inference_steps=args.inference_steps or run.get("inference_steps", DEFAULT_INFERENCE_STEPS),
+            guidance_scale=args.guidance_scale if args.guidance_scale is not None else run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE),
             seed=seed,
             enable_deepcache=args.enable_deepcache,
             length_mode=args.length_mode,
             skip_silence=not args.no_skip_silence,
             keep_source_fps=args.keep_source_fps,
-            speaker_point=_numbers(args.speaker_point, 3, "--speaker_point"),
-            speaker_box=_numbers(args.speaker_box, 5, "--speaker_box"),
+            speaker_point=parse_speaker_point(args.speaker_point),
+            speaker_box=parse_speaker_box(args.speaker_box),
             min_sync_confidence=args.min_sync_confidence,
             low_sync_action=args.low_sync_action,
             crf=args.crf,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from latentsync.video import probe
+from latentsync.media.probe import probe
 
 MODEL_VERSION = "a" * 64
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from latentsync.weights import sha256_of
+from latentsync.files import sha256_of
 from tests.conftest import SHARED
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from latentsync.pipeline import LipsyncPipeline
-from latentsync.video import read_frames
+from latentsync.media.decode import read_frames
 from latentsync.weights import ModelFiles
 from tests.conftest import ASSETS, REFERENCE
 

@@ -20,7 +20,7 @@ from latentsync.client.longform import cut_points
 from latentsync.client.params import PARAMETERS, validate
 from latentsync.client.store import CLAIM_TTL_S, open_store
 from latentsync.config import REPO_ROOT
-from latentsync.video import probe
+from latentsync.media.probe import probe
 from tests.cog_server import free_port
 from tests.fake_replicate import MODEL_VERSION, FakeReplicate
 from tests.media import ffmpeg, small_clip, speech

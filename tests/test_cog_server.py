@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from latentsync.config import REPO_ROOT
-from latentsync.video import probe
+from latentsync.media.probe import probe
 from tests.cog_server import data_uri, running_cog_server
 from tests.media import small_clip, speech
 

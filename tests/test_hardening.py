@@ -18,7 +18,7 @@ import pytest
 
 from latentsync.config import REPO_ROOT
 from latentsync.pipeline import JOB_DIR_PREFIX, LipsyncOptions
-from latentsync.video import probe
+from latentsync.media.probe import probe
 from scripts.make_corpus import CASES, build
 from tests.cog_server import data_uri, running_cog_server
 from tests.media import frames, small_clip, speech, tiny_pipeline

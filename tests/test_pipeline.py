@@ -12,7 +12,7 @@ import latentsync.pipeline as pipeline_module
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import create_detector
 from latentsync.pipeline import LipsyncOptions
-from latentsync.video import probe
+from latentsync.media.probe import probe
 from scripts import inference
 from tests.media import frames, psnr, small_clip, tiny_pipeline
 

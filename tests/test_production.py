@@ -9,7 +9,7 @@ import latentsync.pipeline as pipeline_module
 from latentsync.cache import ResultCache
 from latentsync.pipeline import LipsyncOptions, NoFaceError
 from latentsync.sync import SyncNet, SyncNetScorer
-from latentsync.video import probe
+from latentsync.media.probe import probe
 from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
 
 FAST = dict(num_inference_steps=1)

@@ -9,8 +9,11 @@ import pytest
 import torch
 import yaml
 
-from latentsync.config import UNET_CONFIGS, load_yaml
+from latentsync.config import load_yaml
 from latentsync.models.unet import UNet3DConditionModel
+from latentsync.weights import load_manifest
+
+VERSIONS = load_manifest().versions
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +36,10 @@ def test_tiny_forward_matches_the_official_output(reference, tiny_config):
     assert (out - io["out"]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("version", sorted(UNET_CONFIGS))
+@pytest.mark.parametrize("version", sorted(VERSIONS))
 def test_full_size_config_has_the_released_checkpoint_layout(reference, version):
     with torch.device("meta"):
-        unet = UNet3DConditionModel.from_config(load_yaml(UNET_CONFIGS[version])["model"])
+        unet = UNet3DConditionModel.from_config(load_yaml(VERSIONS[version].unet_config)["model"])
     expected = json.loads((reference / "unet_keys_stage2.json").read_text())
     ours = {key: list(tensor.shape) for key, tensor in unet.state_dict().items()}
     assert ours == expected
@@ -135,9 +138,10 @@ def test_loading_a_full_size_checkpoint_holds_one_copy(tmp_path):
     checkpoint = tmp_path / "latentsync_unet.pt"
     script = (
         "import sys, torch\n"
-        "from latentsync.config import UNET_CONFIGS, load_yaml\n"
+        "from latentsync.config import load_yaml\n"
         "from latentsync.models.unet import UNet3DConditionModel\n"
-        "config = load_yaml(UNET_CONFIGS['1.5'])['model']\n"
+        "from latentsync.weights import load_manifest\n"
+        "config = load_yaml(load_manifest().versions['1.5'].unet_config)['model']\n"
         "with torch.device('meta'):\n"
         "    unet = UNet3DConditionModel.from_config(config)\n"
         "state = {k: torch.randn(v.shape) * 0.01 for k, v in unet.state_dict().items()}\n"
@@ -146,9 +150,10 @@ def test_loading_a_full_size_checkpoint_holds_one_copy(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(checkpoint)], check=True)
     measure = (
         "import resource, sys, torch\n"
-        "from latentsync.config import UNET_CONFIGS, load_yaml\n"
+        "from latentsync.config import load_yaml\n"
         "from latentsync.models.unet import UNet3DConditionModel\n"
-        "unet = UNet3DConditionModel.from_checkpoint(load_yaml(UNET_CONFIGS['1.5'])['model'], sys.argv[1])\n"
+        "from latentsync.weights import load_manifest\n"
+        "unet = UNet3DConditionModel.from_checkpoint(load_yaml(load_manifest().versions['1.5'].unet_config)['model'], sys.argv[1])\n"
         "total = sum(p.float().sum().item() for p in unet.parameters())  # touch every weight\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
     )

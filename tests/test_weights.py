@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 import latentsync.weights as weights
-from latentsync.weights import WeightsError, ensure_weights, load_manifest, sha256_of
+from latentsync.files import sha256_of
+from latentsync.weights import WeightsError, ensure_weights, load_manifest
 from tests.http_fixtures import FileServer, tiny_weights_manifest
 
 UNET = "/tiny/latentsync_unet.pt"

@@ -29,7 +29,7 @@ import httpx
 import replicate
 from replicate.exceptions import ReplicateError
 
-from ..weights import sha256_of
+from ..files import sha256_of
 from .params import validate
 from .store import CLAIM_TTL_S, Job, SQLiteStore, open_store
 

@@ -7,9 +7,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..audio import load_audio, silent_spans
+from ..audio import silent_spans
+from ..media.decode import load_audio
 from ..config import MODEL_FPS
-from ..video import MediaError, probe
+from ..media.probe import MediaError, probe
 
 def cut_points(duration: float, pauses: list[tuple[float, float]], max_segment_s: float) -> list[float]:
     """Where to cut `duration` seconds into the fewest segments of at most `max_segment_s`.

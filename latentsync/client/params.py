@@ -1,33 +1,9 @@
-"""The hosted model's parameters: one table of specs, used to validate a request before any
-network call and to normalise it for the idempotency key."""
+"""The hosted model's parameters (the one table in `latentsync.config.SERVICE_INPUTS`), used to
+validate a request before any network call and to normalise it for the idempotency key."""
 
-from dataclasses import dataclass
+from ..config import SERVICE_INPUTS, InputSpec
 
-
-@dataclass(frozen=True)
-class Spec:
-    kind: type
-    default: object
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple | None = None
-
-
-PARAMETERS = {
-    "guidance_scale": Spec(float, 1.5, 1.0, 3.0),
-    "inference_steps": Spec(int, 20, 20, 50),
-    "seed": Spec(int, 1247),
-    "version": Spec(str, "1.6", choices=("1.5", "1.6")),
-    "enable_deepcache": Spec(bool, True),
-    "length_mode": Spec(str, "bounce", choices=("bounce", "loop", "cut_off", "silence", "remap")),
-    "skip_silence": Spec(bool, True),
-    "speaker_point": Spec(str, ""),
-    "min_sync_confidence": Spec(float, 0.0, 0.0, 15.0),
-    "low_sync_action": Spec(str, "regenerate", choices=("regenerate", "passthrough")),
-    "output_fps": Spec(str, "25", choices=("25", "source")),
-    "crf": Spec(int, 18, 10, 35),
-    "return_report": Spec(bool, False),
-}
+PARAMETERS: dict[str, InputSpec] = SERVICE_INPUTS  # the model's inputs besides the video and the audio
 
 
 def validate(params: dict) -> dict:
@@ -45,7 +21,7 @@ def validate(params: dict) -> dict:
     return normalised
 
 
-def _check(name: str, value, spec: Spec):
+def _check(name: str, value, spec: InputSpec):
     if spec.kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}.")

@@ -1,16 +1,17 @@
-"""Streaming video I/O through the real ffmpeg binary."""
+"""Media through the real ffmpeg binary: probing, streaming video decode and encode, audio decoding."""
 
 import subprocess
 
 import numpy as np
 import psutil
 import pytest
+import whisper
 
-from latentsync.video import MediaError, VideoWriter, frames_in_order, probe, probe_video, read_frames
-
-
-def ffmpeg(*args):
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+from latentsync.config import AUDIO_SAMPLE_RATE as SR
+from latentsync.media.decode import AudioError, frames_in_order, load_audio, read_frames
+from latentsync.media.encode import VideoWriter
+from latentsync.media.probe import MediaError, probe, probe_video
+from tests.media import ffmpeg
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,57 @@ def test_reading_does_not_accumulate_memory(tmp_path, clips):
             rss.append(process.memory_info().rss)
     assert index >= 740
     assert rss[1] - rss[0] < 20e6
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix,codec_args", [
+    (".mp3", ["-c:a", "libmp3lame"]),
+    (".m4a", ["-c:a", "aac"]),
+    (".ogg", ["-c:a", "libvorbis"]),
+    (".opus", ["-c:a", "libopus"]),
+    (".flac", ["-c:a", "flac"]),
+    (".wav", ["-ar", "44100", "-ac", "2"]),  # resampled and mixed down on the way back
+])
+def test_load_audio_decodes_common_formats(tmp_path, assets, suffix, codec_args):
+    demo1 = load_audio(assets / "demo1_audio.wav")
+    path = tmp_path / f"speech{suffix}"
+    ffmpeg("-i", assets / "demo1_audio.wav", *codec_args, path)
+    samples = load_audio(path)
+    assert samples.dtype == np.float32 and len(samples) == len(demo1)
+    assert np.array_equal(samples, whisper.load_audio(str(path)))  # Whisper's arithmetic: features stay at parity
+    correlation = np.dot(samples, demo1) / np.linalg.norm(samples) / np.linalg.norm(demo1)
+    assert correlation > 0.99  # the same speech, in time
+    if suffix == ".flac":
+        assert np.array_equal(samples, demo1)  # lossless at the same rate: sample for sample
+
+
+def test_load_audio_reads_the_track_of_a_video_and_resamples(assets):
+    samples = load_audio(assets / "demo1_video.mp4")
+    assert len(samples) / SR == pytest.approx(10.0, abs=0.05)
+    assert np.array_equal(samples, whisper.load_audio(str(assets / "demo1_video.mp4")))
+    assert len(load_audio(assets / "demo1_audio.wav", sample_rate=8000)) == 9.6 * 8000
+
+
+def test_load_audio_errors_are_clear(tmp_path):
+    with pytest.raises(AudioError, match="Audio file not found: .*missing.wav"):
+        load_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioError, match="Audio file not found"):
+        load_audio(tmp_path)  # a folder
+    video_only = tmp_path / "no_audio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:d=1", video_only)
+    with pytest.raises(AudioError, match="^no_audio.mp4 has no audio stream; pass a file with an audio track.$"):
+        load_audio(video_only)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all")
+    with pytest.raises(AudioError, match="Cannot decode the audio of notes.wav .*; pass an audio file"):
+        load_audio(text)
+    empty = tmp_path / "empty.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", empty)
+    with pytest.raises(AudioError, match="empty.wav contains no audio samples"):
+        load_audio(empty)
+    odd_name = tmp_path / "-i http:x; rm -rf ~.wav"  # read as a file name, never as options or a URL
+    odd_name.write_bytes((tmp_path / "empty.wav").read_bytes())
+    with pytest.raises(AudioError, match="contains no audio samples"):
+        load_audio(odd_name)

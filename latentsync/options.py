@@ -1,0 +1,102 @@
+"""A job's options, and how the front ends (Cog predictor, web app, CLI) turn what a user typed
+into them: the speaker's point or box, and the random seed."""
+
+import os
+from dataclasses import dataclass
+
+from .config import (
+    DEFAULT_CRF,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_SEED,
+    LENGTH_MODES,
+    LOW_SYNC_ACTIONS,
+    SERVICE_INPUTS,
+)
+
+
+@dataclass
+class LipsyncOptions:
+    """Everything about a job that changes its output (and so its result-cache key)."""
+
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    seed: int = DEFAULT_SEED
+    enable_deepcache: bool = False  # opt-in in the library and the CLI, as the official; on in the service
+    length_mode: str = LENGTH_MODES[0]  # bounce | loop | cut_off | silence | remap (see planner.LengthMode)
+    skip_silence: bool = True  # keep the original frames where the audio pauses (>= min_silence_s)
+    min_silence_s: float = 0.3
+    keep_source_fps: bool = False  # output at the source frame rate (24-30 fps sources) instead of 25
+    speaker_point: tuple | None = None  # (x, y, frame): speak with the face at that point
+    speaker_box: tuple | None = None  # (x1, y1, x2, y2, frame): speak with the face overlapping that box
+    max_yaw_degrees: float = 60.0  # faces turned further away than this pass through
+    min_sync_confidence: float | None = None  # generated spans scoring lower get `low_sync_action`
+    low_sync_action: str = LOW_SYNC_ACTIONS[0]  # regenerate (once, guidance + 0.5) | passthrough
+    crf: int = DEFAULT_CRF
+
+    def __post_init__(self):
+        if self.length_mode not in LENGTH_MODES:
+            raise ValueError(f"length_mode must be one of {', '.join(LENGTH_MODES)}, got {self.length_mode!r}.")
+        if self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be at least 1.")
+        if self.guidance_scale < 1.0:
+            raise ValueError("guidance_scale must be at least 1.0 (1.0 turns classifier-free guidance off).")
+        if self.low_sync_action not in LOW_SYNC_ACTIONS:
+            raise ValueError(f"low_sync_action must be one of {', '.join(LOW_SYNC_ACTIONS)}.")
+
+
+def options_from_inputs(**inputs) -> LipsyncOptions:
+    """LipsyncOptions from the service's inputs (Cog names; missing ones take their defaults).
+
+    The seed is resolved here: -1 or 0 draws a random one, as the hosted model does.
+    """
+    unknown = set(inputs) - set(SERVICE_INPUTS)
+    if unknown:
+        raise ValueError(f"Unknown input(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVICE_INPUTS)}.")
+    value = {name: inputs.get(name, spec.default) for name, spec in SERVICE_INPUTS.items()}
+    return LipsyncOptions(
+        num_inference_steps=value["inference_steps"],
+        guidance_scale=value["guidance_scale"],
+        seed=resolve_seed(value["seed"], zero_is_random=True),
+        enable_deepcache=value["enable_deepcache"],
+        length_mode=value["length_mode"],
+        skip_silence=value["skip_silence"],
+        keep_source_fps=value["output_fps"] == "source",
+        speaker_point=parse_speaker_point(value["speaker_point"]),
+        min_sync_confidence=value["min_sync_confidence"] or None,
+        low_sync_action=value["low_sync_action"],
+        crf=value["crf"],
+    )
+
+
+def resolve_seed(seed: int, zero_is_random: bool = False) -> int:
+    """`seed`, or a fresh random one for -1 (and for 0 where the front end means "random" by it,
+    as the hosted model does; the official CLI takes 0 as a seed)."""
+    if seed == -1 or (zero_is_random and seed == 0):
+        return int.from_bytes(os.urandom(4), "big") % (2**31 - 1) + 1
+    return int(seed)
+
+
+def parse_speaker_point(text: str | None) -> tuple[float, float, int] | None:
+    """'x,y' or 'x,y,frame' (pixels; frame 0 when left out) -> (x, y, frame); empty -> None."""
+    return _numbers_then_frame(text, 2, "speaker_point", "'x,y' or 'x,y,frame' (pixels, frame number)")
+
+
+def parse_speaker_box(text: str | None) -> tuple[float, float, float, float, int] | None:
+    """'x1,y1,x2,y2' or 'x1,y1,x2,y2,frame' -> (x1, y1, x2, y2, frame); empty -> None."""
+    return _numbers_then_frame(text, 4, "speaker_box", "'x1,y1,x2,y2' or 'x1,y1,x2,y2,frame' (pixels, frame number)")
+
+
+def _numbers_then_frame(text: str | None, count: int, name: str, form: str) -> tuple | None:
+    if text is None or not text.strip():
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) not in (count, count + 1):
+            raise ValueError
+        frame = int(parts[count]) if len(parts) > count else 0
+        if frame < 0:
+            raise ValueError
+        return (*(float(part) for part in parts[:count]), frame)
+    except ValueError:
+        raise ValueError(f"{name} must be {form}, got {text!r}.") from None
