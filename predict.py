@@ -16,9 +16,10 @@ from typing import Any
 
 from cog import BaseRunner, Input, Path
 
-from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
+from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS, compile_requested
 from latentsync.options import options_from_inputs
-from latentsync.denoise import default_device_and_dtype, load_unet
+from latentsync.denoise import load_unet
+from latentsync.device import default_device, model_dtype
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.validation import check_inputs
 from latentsync.weights import ensure_weights, load_manifest
@@ -40,10 +41,14 @@ class Predictor(BaseRunner):
         """Fetch (if needed) and load the default version's weights."""
         started = time.perf_counter()
         self.manifest = load_manifest()
-        self.device, self.dtype = default_device_and_dtype()
+        self.device = default_device()
+        self.dtype = model_dtype(self.device)
         files = ensure_weights(DEFAULT_VERSION, manifest=self.manifest)
         fetched = time.perf_counter()
-        self.pipelines = {DEFAULT_VERSION: LipsyncPipeline.from_files(files, device=self.device)}
+        pipeline = LipsyncPipeline.from_files(files, device=self.device, compile_unet=compile_requested())
+        if pipeline.compile_unet:
+            pipeline.warm_up()
+        self.pipelines = {DEFAULT_VERSION: pipeline}
         self._loading = threading.Lock()
         self._outputs = LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-"))
         logger.info(

@@ -110,6 +110,11 @@ def weights_base_url() -> str | None:
     return os.environ.get("LATENTSYNC_WEIGHTS_BASE_URL") or None
 
 
+def compile_requested() -> bool:
+    """$LATENTSYNC_COMPILE=1: the service compiles the U-Net (and warms it up in setup)."""
+    return os.environ.get("LATENTSYNC_COMPILE", "0") == "1"
+
+
 def shared_dir() -> Path:
     """The provided test media and reference vectors: $LATENTSYNC_SHARED_DIR, else ../shared."""
     return Path(os.environ.get("LATENTSYNC_SHARED_DIR") or DEFAULT_SHARED_DIR)

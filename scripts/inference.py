@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     models.add_argument("--resolution", type=int, default=None, help="face size (default: the config's data.resolution)")
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
 
+    speed = parser.add_argument_group("speed (the output stays the same)")
+    speed.add_argument("--precision", choices=["float32", "float16", "bfloat16"], default=None, help="default: float16 on recent GPUs, float32 elsewhere")
+    speed.add_argument("--windows_per_batch", type=int, default=None, help="16-frame windows per U-Net call (default: 1 on the CPU, what fits on a GPU)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the U-Net (the first windows pay for compiling)")
+
     production = parser.add_argument_group("production options")
     production.add_argument("--report_path", default=None, help="JSON report (default: <output>.report.json)")
     production.add_argument("--length_mode", choices=LENGTH_MODES, default=LENGTH_MODES[0])
@@ -62,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.inference_steps is not None and args.inference_steps < 1:
         parser.error("--inference_steps must be at least 1")
+    if args.windows_per_batch is not None and args.windows_per_batch < 1:
+        parser.error("--windows_per_batch must be at least 1")
     return args
 
 
@@ -110,7 +117,10 @@ def main(argv=None) -> int:
             low_sync_action=args.low_sync_action,
             crf=args.crf,
         )
-        pipeline = LipsyncPipeline.from_files(resolve_files(args, config), device=args.device, face_detector=args.face_detector)
+        pipeline = LipsyncPipeline.from_files(
+            resolve_files(args, config), device=args.device, face_detector=args.face_detector, precision=args.precision,
+            windows_per_batch=args.windows_per_batch, compile_unet=args.compile,
+        )
         with ProgressBars() as progress:
             result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir, progress=progress)
     except (ValueError, WeightsError, FileNotFoundError) as error:  # bad inputs, no usable face, missing weights
