@@ -15,8 +15,9 @@ from typing import Any
 from cog import BaseRunner, Input, Path
 
 from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
-from latentsync.options import options_from_inputs
 from latentsync.logs import configure_logging
+from latentsync.options import options_from_inputs
+from latentsync.progress import ProgressLog
 from latentsync.serving import ModelVersions
 from latentsync.validation import check_inputs
 
@@ -69,9 +70,11 @@ class Predictor(BaseRunner):
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
         pipeline = await asyncio.to_thread(self.models.get, version)
-        result = await asyncio.to_thread(pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
+        result = await asyncio.to_thread(
+            pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work", progress=ProgressLog(logger.info),
+        )
         shutil.rmtree(folder / "work", ignore_errors=True)
-        report = result.report
+        report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
         if report.get("sync_confidence") is not None:
             self.record_metric("sync_confidence", report["sync_confidence"])

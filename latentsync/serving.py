@@ -8,8 +8,9 @@ import time
 
 from .cache import ResultCache
 from .config import DEFAULT_VERSION
+from .denoise import default_device_and_dtype, load_unet
 from .logs import native_stderr_captured, warm_up
-from .pipeline import LipsyncPipeline, default_device_and_dtype, load_unet
+from .pipeline import LipsyncPipeline
 from .weights import ensure_weights, load_manifest
 
 logger = logging.getLogger("latentsync")
@@ -28,9 +29,8 @@ class ModelVersions:
         files = ensure_weights(version, manifest=self.manifest)
         fetched = time.perf_counter()
         with native_stderr_captured():
-            pipeline = LipsyncPipeline.from_files(files, device=self.device)
+            pipeline = LipsyncPipeline.from_files(files, device=self.device, cache=cache)
             warm_up(pipeline.face_detector)
-        pipeline.cache = cache
         self._pipelines = {version: pipeline}
         self._loading = threading.Lock()
         logger.info(
