@@ -73,5 +73,16 @@ def native_stderr_captured():
 
 
 def warm_up(detector) -> None:
-    """Run `detector` once on a blank frame: MediaPipe starts its graphs, and prints, on first use."""
-    detector.detect(np.zeros(WARM_UP_FRAME, np.uint8))
+    """Run `detector`, and each MediaPipe graph it holds, once on a blank frame.
+
+    A MediaPipe graph opens its models, and prints, in threads of its own after it is built; its
+    first run waits for that. (On a blank frame the face mesh would not run through `detect`.)
+    """
+    blank = np.zeros(WARM_UP_FRAME, np.uint8)
+    detector.detect(blank)
+    solutions = sys.modules.get("mediapipe.python.solution_base")
+    if solutions is None:  # MediaPipe was never loaded: another detector
+        return
+    for graph in vars(detector).values():
+        if isinstance(graph, solutions.SolutionBase):
+            graph.process(blank)
