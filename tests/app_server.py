@@ -16,21 +16,27 @@ from tests.cog_server import free_port
 from tests.http_fixtures import FileServer, tiny_weights_manifest
 
 
+def app_process(folder: Path, weights_url: str, port: int, version: str = "1.6", **popen) -> subprocess.Popen:
+    """`python -m latentsync.app` on 127.0.0.1:`port` with the tiny models' manifest pointing at
+    `weights_url`; its weights, uploads and data under `folder`."""
+    env = {
+        **os.environ,
+        "LATENTSYNC_WEIGHTS_MANIFEST": str(tiny_weights_manifest(folder, weights_url)),
+        "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),
+    }
+    command = [sys.executable, "-m", "latentsync.app", "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data")]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, **popen)
+
+
 @contextlib.contextmanager
 def running_app(folder: Path, version: str = "1.6"):
     """Yields the app's URL once its page answers; its log is `folder`/app.log, its data
     `folder`/data."""
     with FileServer(folder / "files") as files:
         port = free_port()
-        env = {
-            **os.environ,
-            "LATENTSYNC_WEIGHTS_MANIFEST": str(tiny_weights_manifest(folder, files.url)),
-            "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
-            "GRADIO_TEMP_DIR": str(folder / "gradio"),
-        }
-        command = [sys.executable, "-m", "latentsync.app", "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data")]
         with open(folder / "app.log", "w") as log:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = app_process(folder, files.url, port, version, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}/"
             try:
                 deadline = time.time() + 300

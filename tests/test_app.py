@@ -2,6 +2,7 @@
 the real gradio_client: results, progress, the queue, the result cache, errors and cancelling."""
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from latentsync.config import PRESETS, SERVICE_INPUTS
 from latentsync.media.probe import MediaError, probe
 from latentsync.timeline import DPI, FIGURE_SIZE
 from latentsync.validation import check_inputs
+from tests.app_server import app_process
+from tests.cog_server import free_port
+from tests.http_fixtures import FileServer
 from tests.media import ffmpeg, small_clip, speech
 
 AUDIO_S = 1.2  # the audio sets the output's length (bounce mode): 30 frames, two windows
@@ -143,6 +147,14 @@ def test_a_cancelled_job_stops_and_leaves_nothing_behind(app, media):
         time.sleep(0.2)
     assert not list((folder / "data" / "results").glob(".*.partial"))
     assert "JobCancelled" not in (folder / "app.log").read_text()  # ended quietly, not as a crash
+
+
+def test_without_its_weights_the_app_says_so_and_exits(tmp_path):
+    with FileServer(tmp_path / "nothing") as weights:  # every weight file is a 404
+        process = app_process(tmp_path, weights.url, free_port(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert stderr.splitlines()[-1].startswith(f"error: tiny/latentsync_unet.pt from {weights.url}/tiny/latentsync_unet.pt: HTTP 404")
 
 
 def test_the_presets_are_within_the_inputs_ranges():
