@@ -12,6 +12,7 @@ fetches them). A JSON report of what was regenerated and why is written next to 
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFER
 from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.progress import Progress
+from latentsync.timeline import save_timeline
 from latentsync.weights import WeightsError, load_manifest, model_files
 
 
@@ -56,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     production = parser.add_argument_group("production options")
     production.add_argument("--report_path", default=None, help="JSON report (default: <output>.report.json)")
+    production.add_argument("--report_plot", action="store_true", help="also draw the report's timeline picture into <output>.report.png")
     production.add_argument("--length_mode", choices=LENGTH_MODES, default=LENGTH_MODES[0])
     production.add_argument("--no_skip_silence", action="store_true", help="regenerate silent stretches too")
     production.add_argument("--keep_source_fps", action="store_true", help="keep a 24-30 fps source's rate instead of 25")
@@ -128,6 +131,9 @@ def main(argv=None) -> int:
         return 1
     report = result.report
     print(f"Wrote {result.output_path} ({report.frames} frames, {report.frames_generated} regenerated) and {result.report_path}")
+    if args.report_plot:
+        plot = save_timeline(json.loads(result.report_path.read_text()), Path(args.video_out_path).with_suffix(".report.png"))
+        print(f"Wrote {plot}")
     return 0
 
 
