@@ -149,10 +149,7 @@ def gpu_rows(gpu: dict) -> list[str]:
             lines.append(f"| {version}, ours / official (DeepCache on) | {gpu[version]['ours_over_official_deepcache_on']}x the GPU seconds |")
     job = gpu.get("whole_job_60s_1.6")
     if job:
-        lines.append(
-            f"| 1.6 whole job, 60 s clip | {job['wall_s']} s: {job['whole_job_over_unet']}x its U-Net time, {job['whole_job_over_model']}x its model time; "
-            f"analysis (decode + detection) {100 * job['analysis_share']:.0f}% |"
-        )
+        lines.append(f"| 1.6 whole job, 60 s clip | {job['wall_s']} s: {job['whole_job_over_unet']}x its U-Net time, {job['whole_job_over_model']}x its model time; analysis (decode + detection) {100 * job['analysis_share']:.0f}% |")
     return lines
 
 

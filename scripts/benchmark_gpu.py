@@ -31,7 +31,7 @@ from latentsync.config import FRAMES_PER_WINDOW, MODEL_FPS, shared_dir
 from latentsync.denoise import DEEPCACHE_INTERVAL, denoise_windows, denoising_loop, load_scheduler
 from latentsync.device import auto_windows_per_batch
 from latentsync.weights import load_manifest
-from scripts.benchmark_unet import random_unet
+from scripts.benchmark_unet import random_unet, report_figures
 
 VERSIONS = load_manifest().versions  # "1.5": 256 px, "1.6": 512 px
 OUTPUT_SECONDS_PER_WINDOW = FRAMES_PER_WINDOW / MODEL_FPS  # 0.64 s of video per window
@@ -242,11 +242,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     if not args.skip_job and "1.6" in results:
         results["whole_job_60s_1.6"] = whole_job(args.steps, results["1.6"]["ours, deepcache on"]["seconds_per_window_step"])
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return report_figures(results, args.json)
 
 
 if __name__ == "__main__":

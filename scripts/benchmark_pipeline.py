@@ -7,7 +7,6 @@ and the peak memory of whole jobs on 10 s, 60 s and 300 s inputs (tiny random mo
 """
 
 import argparse
-import json
 import math
 import resource
 import subprocess
@@ -28,6 +27,7 @@ from latentsync.media.decode import read_frames
 from latentsync.media.encode import VideoWriter
 from latentsync.options import LipsyncOptions
 from latentsync.pipeline import LipsyncPipeline
+from scripts.benchmark_unet import report_figures
 from tests.media import tiny_files
 
 SHARED_ASSETS = shared_dir() / "assets"
@@ -185,11 +185,7 @@ def main(argv=None) -> int:
     else:
         results["stages_fps"] = stage_rates(Path(args.video))
         results["pipeline_model_stubbed"] = whole_pipeline_rate(Path(args.video), Path(args.audio))
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return report_figures(results, args.json)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,15 @@ def random_unet(config_path, dtype, device) -> UNet3DConditionModel:
         for tensor in list(unet.parameters()) + list(unet.buffers()):
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
     return unet.to(dtype).eval().requires_grad_(False)
+
+
+def report_figures(results: dict, json_path=None) -> int:
+    """Print the figures, and write them to `json_path` when given; 0 for the exit status."""
+    print(json.dumps(results, indent=2))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2))
+    return 0
 
 
 def peak_rss_gb() -> float:
@@ -117,11 +127,7 @@ def main(argv=None) -> int:
     results["peak_rss_gb"] = round(peak_rss_gb(), 2)
     if args.device.startswith("cuda"):
         results["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return report_figures(results, args.json)
 
 
 if __name__ == "__main__":

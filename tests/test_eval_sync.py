@@ -92,4 +92,4 @@ def test_a_video_without_audio_and_missing_weights_get_messages(folder, syncnet_
     code, _, err = run(capsys, silent, "--syncnet_path", syncnet_path, "--face_detector", "mediapipe")
     assert code == 1 and err.startswith("error: ") and "silent.mp4" in err and "audio" in err and len(err.splitlines()) == 1
     code, _, err = run(capsys, silent, "--syncnet_path", folder / "missing.model", "--face_detector", "mediapipe")
-    assert code == 1 and "SyncNet weights file not found at" in err and "missing.model" in err and len(err.splitlines()) == 1
+    assert code == 1 and "SyncNet weights file was not found at" in err and "missing.model" in err and len(err.splitlines()) == 1

@@ -7,7 +7,6 @@ complete, so a failed or cancelled job leaves nothing behind.
 """
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -15,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import place
 from ..client.params import validate
 from ..config import APP_RESULT_MAX_AGE_S
 from ..options import LipsyncOptions, options_from_inputs
@@ -89,7 +89,7 @@ class Jobs:
             report = result.report.to_dict()
             save_timeline(report, work / "timeline.png")
             source = work / f"source{video.suffix.lower()}"
-            _link_or_copy(video, source)
+            place(video, source)
             record = {"id": job_id, "title": f"{video.name} + {audio.name}", "created": time.time(), "video": output.name, "source": source.name}
             (work / JOB_FILE).write_text(json.dumps(record))
             work.rename(self.results_dir / job_id)
@@ -122,11 +122,4 @@ class Jobs:
         for folder in self.results_dir.iterdir():
             if time.time() - folder.stat().st_mtime > APP_RESULT_MAX_AGE_S:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-def _link_or_copy(source: Path, destination: Path) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:  # another file system
-        shutil.copyfile(source, destination)
 
