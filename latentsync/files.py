@@ -1,5 +1,5 @@
 """Small file helpers shared by the pipeline, the weights downloader, the result cache and the
-client: content hashes and atomic JSON writes."""
+client: content hashes and JSON files written atomically and read leniently."""
 
 import hashlib
 import json
@@ -30,3 +30,11 @@ def write_json_atomically(path, data, **dump_args) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def read_json(path) -> dict:
+    """A JSON file's content, or {} when it is missing or unreadable (e.g. a state file to rebuild)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
