@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from latentsync.files import sha256_of
 from tests.conftest import SHARED
@@ -63,7 +64,8 @@ class FileServer:
         return sum(r["sent"] for r in self.requests if r["path"] == path)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        path, _, query = handler.path.partition("?")
+        quoted, _, query = handler.path.partition("?")
+        path = unquote(quoted)
         record = {"path": path, "query": query, "authorization": handler.headers.get("Authorization"), "range": handler.headers.get("Range"), "sent": 0}
         with self._lock:
             self.requests.append(record)

@@ -13,12 +13,26 @@ import yaml
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
 from tests.cog_server import data_uri, running_cog_server
+from tests.http_fixtures import FileServer
 from tests.media import small_clip, speech
 
 
+MIRROR_SECRETS = ("mirror-pass-0451", "mirror-token-9966")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_cog_server(tmp_path_factory.mktemp("cog")) as running:
+def mirror(tmp_path_factory):
+    """A mirror of the weights server, reached with a user, password and token in
+    LATENTSYNC_WEIGHTS_BASE_URL: setup downloads from it."""
+    folder = tmp_path_factory.mktemp("cog")
+    with FileServer(folder / "files") as served:  # the files running_cog_server lays out there
+        yield folder, served, served.url.replace("http://", f"http://weights:{MIRROR_SECRETS[0]}@") + f"/?token={MIRROR_SECRETS[1]}"
+
+
+@pytest.fixture(scope="module")
+def server(mirror):
+    folder, _, base_url = mirror
+    with running_cog_server(folder, LATENTSYNC_WEIGHTS_BASE_URL=base_url) as running:
         yield running
 
 
@@ -28,10 +42,16 @@ def media(tmp_path_factory):
     return small_clip(folder / "clip.mp4", seconds=1.0, size="540:960"), speech(folder / "speech.wav", 1.0, start=1.0)
 
 
-def test_setup_downloaded_the_weights(server):
+def test_setup_downloaded_the_weights_from_the_mirror_and_logged_no_credential(server, mirror):
     client, files, folder = server
+    _, served, _ = mirror
     assert (folder / "weights" / "tiny" / "latentsync_unet.pt").exists()
-    assert any(r["path"] == "/tiny/latentsync_unet.pt" for r in files.requests)
+    unet = [r for r in served.requests if r["path"] == "/tiny/latentsync_unet.pt"]
+    assert unet and not files.requests  # every file from the mirror
+    assert all(r["query"] == f"token={MIRROR_SECRETS[1]}" and r["authorization"].startswith("Basic ") for r in unet)
+    log = (folder / "server.log").read_text()
+    assert "fetched tiny/latentsync_unet.pt" in log and "HTTP Request: GET http://***@127.0.0.1" in log
+    assert not any(secret in log for secret in MIRROR_SECRETS)
 
 
 def test_openapi_shows_every_input_with_its_limits(server):
@@ -92,7 +112,8 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     text.write_text("definitely not a video\n" * 20)
     body = predict(client, video=data_uri(text, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert body["status"] == "failed"
-    assert "is not a readable audio or video file" in body["error"]
+    assert body["error"].endswith("The video input is not a readable video file (Invalid data found when processing input).")
+    assert "/tmp" not in body["error"] and "file.mp4" not in body["error"]  # Cog's temp name stays on the server
     video, _ = media
     again = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert again["status"] == "succeeded"
