@@ -27,7 +27,7 @@ def check_inputs(video: Path, audio: Path) -> MediaInfo:
         raise MediaError("The audio input has no audio stream; pass an audio file, or a video with an audio track.")
     for role, seconds in (("video", info.duration), ("audio", sound.audio_duration)):
         if seconds > MAX_DURATION_S:
-            raise MediaError(f"The {role} input is {seconds / 60:.1f} minutes long; the limit is {format_length(MAX_DURATION_S)}: split it into parts.")
+            raise MediaError(f"The {role} input is {seconds:.0f} s long; the limit is {format_length(MAX_DURATION_S)} ({MAX_DURATION_S:.0f} s): split it into parts.")
     if sound.audio_duration <= 0:
         raise MediaError("The audio input has no audio samples (zero length).")
     return info

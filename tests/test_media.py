@@ -15,6 +15,7 @@ from latentsync.media.decode import AudioError, frames_in_order, load_audio, rea
 from latentsync.media.encode import VideoWriter
 from latentsync.media.ffmpeg import Process, reason, run
 from latentsync.media.probe import MediaError, probe, probe_video
+from latentsync.validation import check_inputs
 from scripts import make_corpus
 from tests.conftest import ASSETS
 from tests.media import ffmpeg
@@ -327,3 +328,27 @@ def test_a_slow_consumer_does_not_use_up_the_budget(clips):
     first = next(frames)
     time.sleep(3)  # the caller working longer than... a budget that counted wall time would have
     assert first.shape == (640, 360, 3) and sum(1 for _ in frames) == 49
+
+
+# ---- the service's limits on headers (latentsync.validation) -------------------------------------
+
+
+def test_service_limits_name_the_input(tmp_path, clips):
+    video, audio = clips / "c25.mp4", tmp_path / "speech.wav"
+    ffmpeg("-i", video, "-vn", audio)
+    assert check_inputs(video, audio).width == 360
+    huge = tmp_path / "huge.mp4"
+    with open(huge, "wb") as file:
+        file.truncate(2 * 1024**3 + 1)  # sparse: no disk used
+    with pytest.raises(MediaError, match=r"^The audio input is 2.0 GB; the limit is 2 GB per file.$"):
+        check_inputs(video, huge)
+    wide = tmp_path / "wide.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=s=4100x64:d=0.2", "-c:v", "libx264", wide)
+    with pytest.raises(MediaError, match=r"^The video input is 4100x64; the largest supported is 4K \(4096 px a side\): scale it down.$"):
+        check_inputs(wide, audio)
+    long_audio = tmp_path / "long.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", 601, long_audio)
+    with pytest.raises(MediaError, match=r"^The audio input is 601 s long; the limit is 10 minutes \(600 s\): split it into parts.$"):
+        check_inputs(video, long_audio)
+    with pytest.raises(MediaError, match=r"^The audio input has no audio stream"):
+        check_inputs(video, wide)
