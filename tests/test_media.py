@@ -314,7 +314,7 @@ def test_a_stalled_ffmpeg_is_killed_when_its_time_budget_is_spent(tmp_path):
     fifo = tmp_path / "never_written"
     os.mkfifo(fifo)  # ffmpeg blocks opening it: a stand-in for any input that never delivers
     started = time.time()
-    with pytest.raises(MediaError, match=r"^The video input could not be processed within 2 s \(ffmpeg stopped\)"):
+    with pytest.raises(MediaError, match=r"^The video input could not be processed within 2 s \(ffmpeg was stopped\); re-encode it"):
         with Process(["ffmpeg", "-nostdin", "-i", f"file:{fifo}", "-f", "rawvideo", "pipe:"], budget=2.0, role="video", stdout=True) as process:
             process.read(1000)
     assert time.time() - started < 15 and process.returncode == -9  # killed, and reaped

@@ -105,7 +105,7 @@ def run(command: list[str], timeout: float, role: str | None = None, path=None) 
     try:
         result = subprocess.run(command, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:  # subprocess.run has killed it
-        raise MediaError(f"{_timed_out(role, path, command, timeout)}.") from None
+        raise MediaError(f"{_timed_out(role, path, timeout)}.") from None
     result.stderr = result.stderr.decode(errors="replace")
     refuse_unaccepted(result.stderr, role, path)
     return result
@@ -121,9 +121,10 @@ def run_ffmpeg(*args, timeout: float | None = None, role: str | None = None, pat
         raise MediaError(f"{subject(role, path)} could not be processed ({why})." if role else f"ffmpeg failed: {why}.")
 
 
-def _timed_out(role, path, command, timeout) -> str:
-    who = subject(role, path) if (role or path) else Path(command[0]).name
-    return f"{who} could not be processed within {timeout:.0f} s (ffmpeg stopped); re-encode it (e.g. to H.264 mp4) and try again"
+def _timed_out(role, path, timeout) -> str:
+    if role or path:
+        return f"{subject(role, path)} could not be processed within {timeout:.0f} s (ffmpeg was stopped); re-encode it (e.g. to H.264 mp4) and try again"
+    return f"ffmpeg took longer than {timeout:.0f} s and was stopped"
 
 
 class Process:
@@ -137,7 +138,7 @@ class Process:
     """
 
     def __init__(self, command: list[str], budget: float, role: str | None = None, path=None, stdin: bool = False, stdout: bool = False):
-        self.command, self.budget, self.role, self.path = command, budget, role, path
+        self.budget, self.role, self.path = budget, role, path
         self._granted = budget
         self._errors = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
@@ -164,8 +165,8 @@ class Process:
         self.budget += seconds
         self._granted += seconds
 
-    def read(self, size: int) -> bytes:
-        """Exactly `size` bytes of stdout, or fewer at its end."""
+    def read(self, size: int) -> bytearray:
+        """Exactly `size` bytes of stdout, or fewer at its end (a new buffer each time)."""
         buffer = bytearray(size)
         view, filled, fd = memoryview(buffer), 0, self._process.stdout.fileno()
         while filled < size:
@@ -174,7 +175,7 @@ class Process:
             if count == 0:
                 break
             filled += count
-        return bytes(buffer) if filled == size else bytes(buffer[:filled])
+        return buffer if filled == size else buffer[:filled]
 
     def write(self, data) -> None:
         """Write all of `data` to stdin; raises BrokenPipeError when the process has stopped."""
@@ -230,4 +231,4 @@ class Process:
     def _expire(self):
         self._process.kill()
         self._process.wait()
-        raise MediaError(f"{_timed_out(self.role, self.path, self.command, self._granted)}.")
+        raise MediaError(f"{_timed_out(self.role, self.path, self._granted)}.")
