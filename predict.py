@@ -18,9 +18,10 @@ from typing import Any, Iterator
 
 from cog import BaseRunner, Input, Path
 
-from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
+from latentsync.config import DEFAULT_VERSION, MAX_DURATION_S, SERVICE_INPUTS
 from latentsync.options import options_from_inputs
-from latentsync.pipeline import LipsyncPipeline, default_device_and_dtype, load_unet
+from latentsync.denoise import default_device_and_dtype, load_unet
+from latentsync.pipeline import LipsyncPipeline
 from latentsync.validation import check_inputs
 from latentsync.weights import ensure_weights, load_manifest
 
@@ -44,7 +45,8 @@ class Predictor(BaseRunner):
         self.device, self.dtype = default_device_and_dtype()
         files = ensure_weights(DEFAULT_VERSION, manifest=self.manifest)
         fetched = time.perf_counter()
-        self.pipelines = {DEFAULT_VERSION: LipsyncPipeline.from_files(files, device=self.device)}
+        # The service's length limit holds for what is decoded too, not just what headers declare.
+        self.pipelines = {DEFAULT_VERSION: LipsyncPipeline.from_files(files, device=self.device, max_duration_s=MAX_DURATION_S)}
         self._loading = threading.Lock()
         self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
         logger.info(
@@ -92,10 +94,13 @@ class Predictor(BaseRunner):
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
         pipeline = await in_thread(self.pipeline_for, version)
+        cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
         with self._outputs.new() as folder:
-            result = await in_thread(pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
+            result = await in_thread(
+                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work", cancel=cancel,
+            )
             shutil.rmtree(folder / "work", ignore_errors=True)
-        report = result.report
+        report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
         if report.get("sync_confidence") is not None:
             self.record_metric("sync_confidence", report["sync_confidence"])
@@ -105,16 +110,17 @@ class Predictor(BaseRunner):
 
 
 
-async def in_thread(function, *args, cancel: threading.Event | None = None, **kwargs):
-    """Run blocking work in a thread. When Cog cancels the prediction (asyncio.CancelledError at
-    this await), set `cancel`, so the work stops at its next check, and wait for the thread to
-    end before the cancellation goes on: nothing of a cancelled prediction keeps running."""
+async def in_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)` in a thread. When Cog cancels the prediction (CancelledError at
+    this await) the `cancel` event among `kwargs`, if any, is set, so the work stops within a
+    window (with its ffmpeg processes), and the thread is waited for. Cog reports the prediction
+    cancelled at once and may start the next one: the event is what stops this one."""
     job = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
-        if cancel is not None:
-            cancel.set()
+        if kwargs.get("cancel") is not None:
+            kwargs["cancel"].set()
         await asyncio.wait([job])
         if not job.cancelled():
             job.exception()  # JobCancelled, or whatever ended it: expected, not an unhandled error

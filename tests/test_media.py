@@ -2,7 +2,6 @@
 
 import itertools
 import os
-import subprocess
 import time
 
 import numpy as np
@@ -125,7 +124,7 @@ def test_writer_pads_short_audio_with_silence(tmp_path, clips):
     out = tmp_path / "padded.mp4"
     info = write_clip(out, frames, audio=short)
     assert info.audio_duration == pytest.approx(2.0, abs=0.05)
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"], capture_output=True, check=True).stdout
+    pcm = run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"], timeout=60).stdout
     samples = np.frombuffer(pcm, np.int16).astype(float)
     assert np.abs(samples[: 8000 // 4]).mean() > 1000 and np.abs(samples[8000 :]).max() < 50  # tone, then silence
 
