@@ -23,11 +23,13 @@ import pytest
 from latentsync.config import REPO_ROOT
 from latentsync.files import JOB_DIR_PREFIX
 from latentsync.options import LipsyncOptions
-from latentsync.media.probe import probe
+from latentsync.media.decode import AudioError
+from latentsync.media.probe import MediaError, probe
+from scripts import make_corpus
 from scripts.make_corpus import CASES, HOSTILE, build
 from tests.cog_server import data_uri, running_cog_server
 from tests.http_fixtures import FileServer
-from tests.media import frames, small_clip, speech, tiny_pipeline
+from tests.media import ffmpeg, frames, small_clip, speech, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,31 @@ def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
     assert not (corpus / "pwned").exists() and not (corpus / "pwned2").exists()
     if case.expect == "error":
         assert str(corpus) not in message  # names the input, never a path
+
+
+def test_the_pipelines_length_limit_holds_for_what_is_decoded(corpus, pipeline, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "max_duration_s", 1.0)
+    options = LipsyncOptions(num_inference_steps=1)
+    with pytest.raises(AudioError, match=r"^The audio input holds more than 1 s of audio, the limit; split it into parts.$"):
+        pipeline(corpus / "face1.mp4", corpus / "repeated.ts", tmp_path / "a.mp4", options, temp_dir=tmp_path / "temp")  # declares 0.37 s
+    with pytest.raises(MediaError, match=r"^The video input holds more than 1 s of video, the limit; split it into parts.$"):
+        pipeline(corpus / "face5.mp4", corpus / "speech_half.wav", tmp_path / "b.mp4", options, temp_dir=tmp_path / "temp")
+    assert not list(tmp_path.glob("*.mp4")) and list((tmp_path / "temp").iterdir()) == []
+
+
+def test_audio_holding_more_than_the_service_limit_is_cut_off_through_the_cog_server(server, corpus, tmp_path):
+    """Ten minutes and a half of audio whose header declares half a second: validation passes,
+    decoding stops at the limit with one sentence, in seconds, not after decoding it all."""
+    piece = tmp_path / "piece.ts"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=8000:duration=0.5", "-c:a", "aac", "-b:a", "16k", "-f", "mpegts", piece)
+    long_audio = make_corpus.repeated_ts(tmp_path / "long_audio.ts", piece, 1260)
+    assert probe(long_audio).audio_duration < 1.0 and long_audio.stat().st_size < 20e6
+    client, _, _ = server
+    started = time.time()
+    body = client.post("/predictions", json={"input": {"video": data_uri(corpus / "face1.mp4"), "audio": data_uri(long_audio)}}).json()
+    assert body["status"] == "failed" and time.time() - started < 60
+    assert error_sentence(body) == "The audio input holds more than 10 minutes of audio, the limit; split it into parts."
+    assert serving(client)
 
 
 @pytest.fixture(scope="module")
