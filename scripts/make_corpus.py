@@ -88,7 +88,7 @@ HOSTILE = [
     Case("ts_declaring_less_than_it_holds", "face1.mp4", "repeated.ts", "output", duration=2.24,
          note="five 0.44 s MPEG-TS pieces end to end: the header declares 0.37 s of audio; all 2.2 s are used"),
     Case("midstream_resolution_change", "size_change.ts", "speech2.wav", "output", duration=2.0, size=(540, 960),
-         note="540x960, then 8K (4320x7680) frames: every frame comes out at the checked 540x960"),
+         note="1 s at 540x960, then 0.2 s of 8K (4320x7680) frames: every frame comes out at the checked 540x960"),
     Case("names_with_a_dash_and_a_newline", DASH_NEWLINE_VIDEO, DASH_NEWLINE_AUDIO, "output", duration=1.0, size=(540, 960)),
 ]
 CASES += HOSTILE
@@ -164,7 +164,7 @@ def hostile(folder: Path) -> None:
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", f / "frame%03d.png")  # frame001.png...: no face
     ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 0.4, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", f / "piece.ts")
     repeated_ts(f / "repeated.ts", f / "piece.ts", 5)
-    resolution_change(f / "size_change.ts", 1.6, "4320:7680", 0.4)
+    resolution_change(f / "size_change.ts", 1.0, "4320:7680", 0.2)
     (f / DASH_NEWLINE_VIDEO).write_bytes((f / "face1.mp4").read_bytes())
     (f / DASH_NEWLINE_AUDIO).write_bytes((f / "speech1.wav").read_bytes())
 

@@ -184,7 +184,10 @@ def corpus_files(corpus):
         yield served
 
 
-@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+SLOW_THROUGH_COG = {"ts_declaring_less_than_it_holds", "midstream_resolution_change"}  # outputs of 2 s, or 8K decoding
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_THROUGH_COG else c for c in HOSTILE], ids=[c.name for c in HOSTILE])
 def test_hostile_cases_through_the_cog_server(case, corpus, corpus_files, server, tmp_path):
     """The hostile cases, as URLs (Cog keeps their names: patterns, dashes, newlines reach us)."""
     client, _, _ = server
