@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import tempfile
 import threading
@@ -18,16 +17,16 @@ from typing import Any, Iterator
 
 from cog import BaseRunner, Input, Path
 
-from latentsync.config import DEFAULT_VERSION, MAX_DURATION_S, SERVICE_INPUTS
+from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
+from latentsync.logs import configure_logging
 from latentsync.options import options_from_inputs
-from latentsync.denoise import default_device_and_dtype, load_unet
-from latentsync.pipeline import LipsyncPipeline
+from latentsync.progress import ProgressLog
+from latentsync.serving import ModelVersions
 from latentsync.validation import check_inputs
-from latentsync.weights import ensure_weights, load_manifest
 
 OUTPUT_MAX_AGE_S = 3600  # finished outputs are removed after this; Cog uploads them right after run()
 
-logging.basicConfig(level=logging.INFO, format="%(message)s")
+configure_logging()
 logger = logging.getLogger("latentsync")
 
 
@@ -39,30 +38,9 @@ def _input(name: str):
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Fetch (if needed) and load the default version's weights."""
-        started = time.perf_counter()
-        self.manifest = load_manifest()
-        self.device, self.dtype = default_device_and_dtype()
-        files = ensure_weights(DEFAULT_VERSION, manifest=self.manifest)
-        fetched = time.perf_counter()
-        # The service's length limit holds for what is decoded too, not just what headers declare.
-        self.pipelines = {DEFAULT_VERSION: LipsyncPipeline.from_files(files, device=self.device, max_duration_s=MAX_DURATION_S)}
-        self._loading = threading.Lock()
+        """Fetch (if needed) and load the default version's weights; others load on first use."""
+        self.models = ModelVersions(DEFAULT_VERSION)
         self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
-        logger.info(
-            "setup: weights ready in %.1f s, models loaded in %.1f s on %s (%s), peak memory %.2f GB",
-            fetched - started, time.perf_counter() - fetched, self.device, self.dtype, _peak_rss_gb(),
-        )
-
-    def pipeline_for(self, version: str) -> LipsyncPipeline:
-        """The pipeline of a model version; a new version loads only its U-Net (and mask size),
-        sharing the VAE, Whisper, face detector and sync scorer with the loaded one."""
-        with self._loading:
-            if version not in self.pipelines:
-                files = ensure_weights(version, manifest=self.manifest)
-                loaded = self.pipelines[DEFAULT_VERSION]
-                self.pipelines[version] = loaded.for_version(files, load_unet(files, self.device, self.dtype))
-            return self.pipelines[version]
 
     async def run(
         self,
@@ -93,11 +71,12 @@ class Predictor(BaseRunner):
         print(f"Using seed: {options.seed}")
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await in_thread(self.pipeline_for, version)
+        pipeline = await in_thread(self.models.get, version)
         cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
         with self._outputs.new() as folder:
             result = await in_thread(
-                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work", cancel=cancel,
+                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
+                progress=ProgressLog(logger.info), cancel=cancel,
             )
             shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report.to_dict()
@@ -107,7 +86,6 @@ class Predictor(BaseRunner):
         if return_report:
             return {"video": Path(result.output_path), "report": report}
         return Path(result.output_path)
-
 
 
 async def in_thread(function, *args, **kwargs):
@@ -170,7 +148,3 @@ class OutputFolders:
                 continue
             if age > self.max_age_s:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
