@@ -50,7 +50,7 @@ def test_setup_downloaded_the_weights_from_the_mirror_and_logged_no_credential(s
     assert unet and not files.requests  # every file from the mirror
     assert all(r["query"] == f"token={MIRROR_SECRETS[1]}" and r["authorization"].startswith("Basic ") for r in unet)
     log = (folder / "server.log").read_text()
-    assert "fetched tiny/latentsync_unet.pt" in log and "HTTP Request: GET http://***@127.0.0.1" in log
+    assert "fetched tiny/latentsync_unet.pt" in log
     assert not any(secret in log for secret in MIRROR_SECRETS)
 
 
