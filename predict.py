@@ -5,12 +5,15 @@
 """
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path as LocalPath
-from typing import Any
+from typing import Any, Iterator
 
 from cog import BaseRunner, Input, Path
 
@@ -37,7 +40,7 @@ class Predictor(BaseRunner):
     def setup(self) -> None:
         """Fetch (if needed) and load the default version's weights; others load on first use."""
         self.models = ModelVersions(DEFAULT_VERSION)
-        self._outputs = LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-"))
+        self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
 
     async def run(
         self,
@@ -58,22 +61,24 @@ class Predictor(BaseRunner):
         return_report: bool = _input("return_report"),
     ) -> Any:
         """Lip-sync `video` to `audio`. Returns the mp4 (or {video, report} with return_report)."""
-        self._remove_old_outputs()
-        await asyncio.to_thread(check_inputs, LocalPath(video), LocalPath(audio))
+        self._outputs.remove_old()
+        await in_thread(check_inputs, LocalPath(video), LocalPath(audio))
         options = options_from_inputs(
             guidance_scale=guidance_scale, inference_steps=inference_steps, seed=seed, enable_deepcache=enable_deepcache,
             length_mode=length_mode, skip_silence=skip_silence, speaker_point=speaker_point,
             min_sync_confidence=min_sync_confidence, low_sync_action=low_sync_action, output_fps=output_fps, crf=crf,
         )
         print(f"Using seed: {options.seed}")
-        folder = LocalPath(tempfile.mkdtemp(dir=self._outputs))
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await asyncio.to_thread(self.models.get, version)
-        result = await asyncio.to_thread(
-            pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work", progress=ProgressLog(logger.info),
-        )
-        shutil.rmtree(folder / "work", ignore_errors=True)
+        pipeline = await in_thread(self.models.get, version)
+        cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
+        with self._outputs.new() as folder:
+            result = await in_thread(
+                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
+                progress=ProgressLog(logger.info), cancel=cancel,
+            )
+            shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
         if report.get("sync_confidence") is not None:
@@ -82,8 +87,64 @@ class Predictor(BaseRunner):
             return {"video": Path(result.output_path), "report": report}
         return Path(result.output_path)
 
-    def _remove_old_outputs(self) -> None:
-        for folder in self._outputs.iterdir():
-            if time.time() - folder.stat().st_mtime > OUTPUT_MAX_AGE_S:
-                shutil.rmtree(folder, ignore_errors=True)
 
+async def in_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)` in a thread. When Cog cancels the prediction (CancelledError at
+    this await) the `cancel` event among `kwargs`, if any, is set, so the work stops within a
+    window (with its ffmpeg processes), and the thread is waited for. Cog reports the prediction
+    cancelled at once and may start the next one: the event is what stops this one."""
+    job = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        if kwargs.get("cancel") is not None:
+            kwargs["cancel"].set()
+        await asyncio.wait([job])
+        if not job.cancelled():
+            job.exception()  # JobCancelled, or whatever ended it: expected, not an unhandled error
+        raise
+
+
+class OutputFolders:
+    """One folder per prediction under `root`.
+
+    Cog uploads a prediction's output after run() returns, so a finished folder is kept for
+    `max_age_s` counted from when it finished. Folders of predictions still running are never
+    removed, however old, and a folder another prediction's cleanup removed first is skipped.
+    """
+
+    def __init__(self, root: LocalPath, max_age_s: float):
+        self.root, self.max_age_s = root, max_age_s
+        self._running: set[LocalPath] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def new(self) -> Iterator[LocalPath]:
+        """A folder for one prediction: removed when the prediction fails or is cancelled."""
+        folder = LocalPath(tempfile.mkdtemp(dir=self.root))
+        with self._lock:
+            self._running.add(folder)
+        try:
+            yield folder
+            os.utime(folder)  # finished now: its age counts from here
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(folder)
+
+    def remove_old(self) -> None:
+        """Remove finished folders older than `max_age_s`."""
+        now = time.time()
+        with self._lock:
+            running = set(self._running)
+        for folder in self.root.iterdir():
+            if folder in running:
+                continue
+            try:
+                age = now - folder.stat().st_mtime
+            except FileNotFoundError:  # another prediction's cleanup got there first
+                continue
+            if age > self.max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Small file helpers shared by the pipeline, the weights downloader, the result cache and the
-client: content hashes, atomic JSON writes, missing weight files, and a job's private folder."""
+client: content hashes, JSON written atomically and read leniently, missing weight files, and a
+job's private folder."""
 
 import hashlib
 import json
@@ -35,6 +36,14 @@ def write_json_atomically(path, data, **dump_args) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def read_json(path) -> dict:
+    """A JSON file's content, or {} when it is missing or unreadable (e.g. a state file to rebuild)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def require_weight_file(path, what: str) -> Path:

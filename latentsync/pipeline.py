@@ -68,14 +68,18 @@ class LipsyncPipeline:
             the CPU, on CUDA what fits (`latentsync.device.auto_windows_per_batch`).
         compile_unet: `torch.compile` the U-Net (one graph for full steps, one for DeepCache's
             shallow steps; shapes settle after the first windows).
+        max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
+            headers declare (a service's limit); None takes any length.
     """
 
     def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
                  sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
-                 denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False):
+                 denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False,
+                 max_duration_s: float | None = None):
         self.unet, self.vae, self.scheduler, self.mask, self.resolution = unet, vae, scheduler, mask, resolution
         self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
         self.version, self.cache, self.denoiser, self.compile_unet = version, cache, denoiser, compile_unet
+        self.max_duration_s = max_duration_s
         self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
         if compile_unet:
             unet.compile(fullgraph=True)
@@ -89,7 +93,7 @@ class LipsyncPipeline:
         "bfloat16") to float16 on recent GPUs and float32 elsewhere. `unet` may be passed in already
         loaded (to switch versions keeping the rest); the SyncNet scorer is loaded from
         `files.syncnet` when that file exists and none is given; `settings` (cache, denoiser,
-        windows_per_batch, compile_unet) go to the constructor.
+        windows_per_batch, compile_unet, max_duration_s) go to the constructor.
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = model_dtype(device, precision)
@@ -107,7 +111,7 @@ class LipsyncPipeline:
         return LipsyncPipeline(
             unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
             files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
-            compile_unet=self.compile_unet,
+            compile_unet=self.compile_unet, max_duration_s=self.max_duration_s,
         )
 
     def warm_up(self) -> None:
@@ -155,7 +159,7 @@ class LipsyncPipeline:
         with job_folder(temp_dir) as work_dir:
             # 1. Audio: 16 kHz samples, their Whisper features (encoded as windows need them), pauses.
             info = probe_video(video_path)
-            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE)
+            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
             features = self.audio_encoder.features(samples)
             pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
             timings["audio_s"] = time.perf_counter() - started
@@ -186,7 +190,7 @@ class LipsyncPipeline:
         """The faces on every frame of the video at `fps`."""
         total = frames_covering(info.duration, fps)
         detections = []
-        with closing(frames_in_order(video_path, fps, info=info)) as frames:
+        with closing(frames_in_order(video_path, fps, info=info, max_seconds=self.max_duration_s)) as frames:
             for frame in frames:
                 raise_if_cancelled(cancel)
                 detections.append(self.face_detector.detect(frame))

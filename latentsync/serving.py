@@ -7,7 +7,7 @@ import threading
 import time
 
 from .cache import ResultCache
-from .config import DEFAULT_VERSION, compile_requested
+from .config import DEFAULT_VERSION, MAX_DURATION_S, compile_requested
 from .denoise import load_unet
 from .device import default_device, model_dtype
 from .logs import native_stderr_captured, warm_up
@@ -31,7 +31,8 @@ class ModelVersions:
         files = ensure_weights(version, manifest=self.manifest)
         fetched = time.perf_counter()
         with native_stderr_captured():
-            pipeline = LipsyncPipeline.from_files(files, device=self.device, cache=cache, compile_unet=compile_requested())
+            # The service's length limit holds for what is decoded too, not just what headers declare.
+            pipeline = LipsyncPipeline.from_files(files, device=self.device, cache=cache, compile_unet=compile_requested(), max_duration_s=MAX_DURATION_S)
             warm_up(pipeline.face_detector)
         if pipeline.compile_unet:
             pipeline.warm_up()  # compile now, not in the first job

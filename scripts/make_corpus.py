@@ -1,24 +1,33 @@
 """Generate the bad-input corpus: hostile and unusual inputs made from the demo clips with ffmpeg.
 
 Each case is a (video, audio) pair plus the outcome we promise for it, written down in CASES:
-either an output (with what must hold for it) or one clear error sentence (a pattern).
+either an output (with what must hold for it) or one clear error sentence (a pattern). Errors
+name the input ("The video input ...") and never a path.
+
+The hostile cases are files whose content would make ffmpeg do more than decode them: playlists
+and scripts that read other files of the machine (or wait forever on a "live" stream), image
+sequence patterns, files that hold more than their header declares or change size midway, and
+names that look like options.
 
     python -m scripts.make_corpus tests/corpus
 """
 
 import json
-import math
 import struct
-import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+from latentsync.config import shared_dir
+from latentsync.media.ffmpeg import run_ffmpeg as ffmpeg
+
+ASSETS = shared_dir() / "assets"
 SIZE = "540:960"  # small enough to be quick, large enough for a face that passes the size filter
+DASH_NEWLINE_VIDEO = "-face\nclip.mp4"  # a name ffmpeg could take for an option, with a line break
+DASH_NEWLINE_AUDIO = "-i\nspeech.wav"
 
 
 @dataclass
@@ -35,14 +44,14 @@ class Case:
 
 
 CASES = [
-    Case("empty_file", "empty.mp4", "speech1.wav", "error", r"is empty \(0 bytes\)"),
-    Case("truncated_mp4", "truncated.mp4", "speech1.wav", "error", r"not a readable audio or video file|Cannot decode|no video stream"),
-    Case("text_named_mp4", "notes.mp4", "speech1.wav", "error", r"not a readable audio or video file"),
-    Case("audio_only_as_video", "speech1.wav", "speech1.wav", "error", r"has no video stream"),
-    Case("video_without_audio_as_audio", "face1.mp4", "face1_silent_track.mp4", "error", r"has no audio stream",
+    Case("empty_file", "empty.mp4", "speech1.wav", "error", r"^The video input is empty \(0 bytes\)"),
+    Case("truncated_mp4", "truncated.mp4", "speech1.wav", "error", r"^The video input (is not a readable video file|cannot be decoded|has no video stream)"),
+    Case("text_named_mp4", "notes.mp4", "speech1.wav", "error", r"^The video input is not a readable video file"),
+    Case("audio_only_as_video", "speech1.wav", "speech1.wav", "error", r"^The video input has no video stream"),
+    Case("video_without_audio_as_audio", "face1.mp4", "face1_silent_track.mp4", "error", r"^The audio input has no audio stream",
          note="a video file is accepted as the audio source only if it has an audio track"),
     Case("still_image_as_video", "face.png", "speech1.wav", "output", duration=1.0, size=(540, 960), note="a talking photo"),
-    Case("zero_second_audio", "face1.mp4", "empty.wav", "error", r"zero length|contains no audio|no audio samples"),
+    Case("zero_second_audio", "face1.mp4", "empty.wav", "error", r"^The audio input (contains no audio samples|has no audio samples)"),
     Case("one_frame_video", "one_frame.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960)),
     Case("declares_10_hours", "declares_10h.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960),
          note="the container claims 10 h; the 1 s of real data is used (the hosted service also accepts it)"),
@@ -62,12 +71,27 @@ CASES = [
     Case("profile_view", "profile.mp4", "speech1.wav", "error", r"No usable face was found",
          note="stand-in: the face squeezed to a sliver (no real profile footage here); no usable face, so a clear error"),
     Case("hostile_file_name", "a; rm -rf $(touch pwned) 'q\" ünï.mp4", "b; $(touch pwned2) 'x\".wav", "output", duration=1.0),
-    Case("missing_file", "does_not_exist.mp4", "speech1.wav", "error", r"File not found|not found"),
+    Case("missing_file", "does_not_exist.mp4", "speech1.wav", "error", r"^The video input was not found"),
 ]
 
-
-def ffmpeg(*args) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
+# Hostile content: each is refused in one sentence or read as the one file it is.
+HOSTILE = [
+    Case("hls_playlist_reading_a_local_file", "playlist.mp4", "speech1.wav", "error", r"^The video input is an HLS playlist",
+         note="lists a local .ts by absolute path; ffmpeg would decode it as this upload's frames"),
+    Case("live_hls_that_would_hang", "live.mp4", "speech1.wav", "error", r"^The video input is an HLS playlist",
+         note="no #EXT-X-ENDLIST and a day-long target duration: ffmpeg would wait for more segments"),
+    Case("hls_playlist_as_audio", "face1.mp4", "playlist.m4a", "error", r"^The audio input is an HLS playlist"),
+    Case("ffconcat_script", "concat.mp4", "speech1.wav", "error", r"^The video input is an ffconcat script",
+         note="lists a local talking-head clip, which would come back lip-synced"),
+    Case("image_sequence_pattern_name", "frame%03d.png", "speech1.wav", "output", duration=1.0, size=(540, 960),
+         note="read as the one image of that name (a face), not as frame001.png... beside it (scenery: no face)"),
+    Case("ts_declaring_less_than_it_holds", "face1.mp4", "repeated.ts", "output", duration=2.24,
+         note="five 0.44 s MPEG-TS pieces end to end: the header declares 0.37 s of audio; all 2.2 s are used"),
+    Case("midstream_resolution_change", "size_change.ts", "speech2.wav", "output", duration=2.0, size=(540, 960),
+         note="1 s at 540x960, then 0.2 s of 8K (4320x7680) frames: every frame comes out at the checked 540x960"),
+    Case("names_with_a_dash_and_a_newline", DASH_NEWLINE_VIDEO, DASH_NEWLINE_AUDIO, "output", duration=1.0, size=(540, 960)),
+]
+CASES += HOSTILE
 
 
 def clip(out: Path, seconds: float, start: float = 1.0, extra=()) -> Path:
@@ -92,6 +116,57 @@ def declare_ten_hours(path: Path) -> None:
     else:
         data[timescale_at + 4 : timescale_at + 8] = struct.pack(">I", min(36000 * timescale, 2**32 - 1))
     path.write_bytes(bytes(data))
+
+
+def hls_playlist(path: Path, segment: Path, live: bool = False) -> Path:
+    """An HLS playlist (whatever `path`'s name) listing `segment`, a local file, by absolute path.
+    A live one has no end and a day-long target duration: a player waits for more segments."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{86400 if live else 2}", "#EXT-X-MEDIA-SEQUENCE:0", "#EXTINF:1.0,", str(segment.resolve())]
+    path.write_text("\n".join(lines + ([] if live else ["#EXT-X-ENDLIST"])) + "\n")
+    return path
+
+
+def ffconcat_script(path: Path, listed: str) -> Path:
+    """An ffconcat script (whatever `path`'s name) listing a local file: a name beside it passes
+    ffmpeg's own "safe" check."""
+    path.write_text(f"ffconcat version 1.0\nfile '{listed}'\n")
+    return path
+
+
+def repeated_ts(path: Path, segment: Path, copies: int) -> Path:
+    """`copies` MPEG-TS segments end to end, each with the same timestamps: the header's duration
+    is one segment's, the audio holds all of them."""
+    path.write_bytes(segment.read_bytes() * copies)
+    return path
+
+
+def resolution_change(path: Path, seconds: float, then_size: str, then_seconds: float) -> Path:
+    """An MPEG-TS stream of the demo at 540x960, continuing at `then_size` (timestamps run on)."""
+    first, second = path.with_suffix(".part1.ts"), path.with_suffix(".part2.ts")
+    ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", seconds, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", first)
+    ffmpeg("-ss", 1.0 + seconds, "-i", ASSETS / "demo1_video.mp4", "-t", then_seconds, "-vf", f"scale={then_size}", "-c:v", "libx264", "-preset", "ultrafast",
+           "-c:a", "aac", "-output_ts_offset", seconds, "-f", "mpegts", second)
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    first.unlink()
+    second.unlink()
+    return path
+
+
+def hostile(folder: Path) -> None:
+    """The inputs of the hostile-content cases (they refer to face1.mp4, built before)."""
+    f = folder
+    ffmpeg("-i", f / "face1.mp4", "-c", "copy", "-f", "mpegts", f / "face1.ts")  # a local media file at a known path
+    hls_playlist(f / "playlist.mp4", f / "face1.ts")
+    hls_playlist(f / "playlist.m4a", f / "face1.ts")
+    hls_playlist(f / "live.mp4", f / "face1.ts", live=True)
+    ffconcat_script(f / "concat.mp4", "face1.mp4")
+    ffmpeg("-i", f / "face1.mp4", "-frames:v", 1, "-update", 1, f / "frame%03d.png")  # the one image named with a pattern
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", f / "frame%03d.png")  # frame001.png...: no face
+    ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 0.4, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", f / "piece.ts")
+    repeated_ts(f / "repeated.ts", f / "piece.ts", 5)
+    resolution_change(f / "size_change.ts", 1.0, "4320:7680", 0.2)
+    (f / DASH_NEWLINE_VIDEO).write_bytes((f / "face1.mp4").read_bytes())
+    (f / DASH_NEWLINE_AUDIO).write_bytes((f / "speech1.wav").read_bytes())
 
 
 def cartoon(out: Path) -> None:
@@ -152,6 +227,7 @@ def build(folder: Path) -> Path:
     ffmpeg("-i", face1, "-vf", "scale=120:960,pad=540:960:210:0", "-c:v", "libx264", f / "profile.mp4")
     (f / "a; rm -rf $(touch pwned) 'q\" ünï.mp4").write_bytes(face1.read_bytes())
     (f / "b; $(touch pwned2) 'x\".wav").write_bytes((f / "speech1.wav").read_bytes())
+    hostile(f)
     (f / "cases.json").write_text(json.dumps([asdict(case) for case in CASES], indent=2))
     return folder
 

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from latentsync.files import sha256_of
 from tests.conftest import SHARED
@@ -15,13 +16,18 @@ from tests.conftest import SHARED
 @dataclass
 class Faults:
     """Per URL path: drop the connection after N bytes of the next longer response (once), serve
-    corrupted bytes, fail with a status for the first K requests, or always fail requests for a
-    range starting at a given offset."""
+    corrupted bytes, fail with a status for the first K requests, always fail requests for a
+    range starting at a given offset, send N bytes more than asked in every answer (counted in
+    its Content-Length: a lying length), ignore Range headers, or send no Content-Length (the
+    body then ends when the connection closes)."""
 
     drop_after: dict = field(default_factory=dict)
     corrupt: set = field(default_factory=set)
     fail_first: dict = field(default_factory=dict)  # path -> (status, count)
     fail_range_start: dict = field(default_factory=dict)  # path -> byte offset
+    extra_bytes: dict = field(default_factory=dict)  # path -> bytes added to every answer
+    no_ranges: set = field(default_factory=set)
+    no_length: set = field(default_factory=set)
 
 
 class FileServer:
@@ -58,14 +64,15 @@ class FileServer:
         return sum(r["sent"] for r in self.requests if r["path"] == path)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?")[0]
-        record = {"path": path, "range": handler.headers.get("Range"), "sent": 0}
+        quoted, _, query = handler.path.partition("?")
+        path = unquote(quoted)
+        record = {"path": path, "query": query, "authorization": handler.headers.get("Authorization"), "range": handler.headers.get("Range"), "sent": 0}
         with self._lock:
             self.requests.append(record)
             status, count = self.faults.fail_first.get(path, (None, 0))
             if count:
                 self.faults.fail_first[path] = (status, count - 1)
-        requested = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
+        requested = None if path in self.faults.no_ranges else re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
         if count or (requested and self.faults.fail_range_start.get(path) == int(requested.group(1))):
             handler.send_error(status or 500)
             return
@@ -84,10 +91,13 @@ class FileServer:
             handler.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         else:
             handler.send_response(200)
+        body = data[start : end + 1] + b"\0" * self.faults.extra_bytes.get(path, 0)
         handler.send_header("Accept-Ranges", "bytes")
-        handler.send_header("Content-Length", str(end - start + 1))
+        if path in self.faults.no_length:
+            handler.close_connection = True
+        else:
+            handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        body = data[start : end + 1]
         with self._lock:
             drop = self.faults.drop_after.get(path)
             if drop is not None and drop < len(body):

@@ -1,13 +1,13 @@
 """Helpers for end-to-end tests: the pipeline on tiny random-weight models, clips made with the
 ffmpeg binary, and frame comparisons."""
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from latentsync.pipeline import LipsyncPipeline
 from latentsync.media.decode import read_frames
+from latentsync.media.ffmpeg import run_ffmpeg as ffmpeg  # our own test media: trusted commands
+from latentsync.pipeline import LipsyncPipeline
 from latentsync.weights import ModelFiles
 from tests.conftest import ASSETS, REFERENCE
 
@@ -34,10 +34,6 @@ def tiny_pipeline(device="cpu", **settings) -> LipsyncPipeline:
     `settings` (sync_scorer, cache, denoiser, precision, windows_per_batch...) go to
     `LipsyncPipeline.from_files`."""
     return LipsyncPipeline.from_files(tiny_files(), device=device, face_detector="mediapipe", **settings)
-
-
-def ffmpeg(*args) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *map(str, args)], check=True)
 
 
 def small_clip(path: Path, seconds: float = 4.0, start: float = 0.0, size: str = "540:960") -> Path:

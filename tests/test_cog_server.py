@@ -1,7 +1,10 @@
 """The predictor under Cog's real HTTP server, with tiny weights downloaded from a local server."""
 
 import base64
-import json
+import os
+import re
+import threading
+import time
 
 import httpx
 import pytest
@@ -10,12 +13,26 @@ import yaml
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
 from tests.cog_server import data_uri, running_cog_server
+from tests.http_fixtures import FileServer
 from tests.media import small_clip, speech
 
 
+MIRROR_SECRETS = ("mirror-pass-0451", "mirror-token-9966")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_cog_server(tmp_path_factory.mktemp("cog")) as running:
+def mirror(tmp_path_factory):
+    """A mirror of the weights server, reached with a user, password and token in
+    LATENTSYNC_WEIGHTS_BASE_URL: setup downloads from it."""
+    folder = tmp_path_factory.mktemp("cog")
+    with FileServer(folder / "files") as served:  # the files running_cog_server lays out there
+        yield folder, served, served.url.replace("http://", f"http://weights:{MIRROR_SECRETS[0]}@") + f"/?token={MIRROR_SECRETS[1]}"
+
+
+@pytest.fixture(scope="module")
+def server(mirror):
+    folder, _, base_url = mirror
+    with running_cog_server(folder, LATENTSYNC_WEIGHTS_BASE_URL=base_url) as running:
         yield running
 
 
@@ -25,10 +42,16 @@ def media(tmp_path_factory):
     return small_clip(folder / "clip.mp4", seconds=1.0, size="540:960"), speech(folder / "speech.wav", 1.0, start=1.0)
 
 
-def test_setup_downloaded_the_weights(server):
+def test_setup_downloaded_the_weights_from_the_mirror_and_logged_no_credential(server, mirror):
     client, files, folder = server
+    _, served, _ = mirror
     assert (folder / "weights" / "tiny" / "latentsync_unet.pt").exists()
-    assert any(r["path"] == "/tiny/latentsync_unet.pt" for r in files.requests)
+    unet = [r for r in served.requests if r["path"] == "/tiny/latentsync_unet.pt"]
+    assert unet and not files.requests  # every file from the mirror
+    assert all(r["query"] == f"token={MIRROR_SECRETS[1]}" and r["authorization"].startswith("Basic ") for r in unet)
+    log = (folder / "server.log").read_text()
+    assert "fetched tiny/latentsync_unet.pt" in log
+    assert not any(secret in log for secret in MIRROR_SECRETS)
 
 
 def test_openapi_shows_every_input_with_its_limits(server):
@@ -89,7 +112,8 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     text.write_text("definitely not a video\n" * 20)
     body = predict(client, video=data_uri(text, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert body["status"] == "failed"
-    assert "is not a readable audio or video file" in body["error"]
+    assert body["error"].endswith("The video input is not a readable video file (Invalid data found when processing input).")
+    assert "/tmp" not in body["error"] and "file.mp4" not in body["error"]  # Cog's temp name stays on the server
     video, _ = media
     again = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert again["status"] == "succeeded"
@@ -122,4 +146,74 @@ def test_cog_yaml_is_well_formed():
     assert (REPO_ROOT / build["python_requirements"]).exists()
     pins = [line.split("==")[0] for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert "onnxruntime" in pins and "onnxruntime-gpu" not in pins  # the image swaps one for the other, never both
-    assert json.dumps(config).count("pget") >= 1
+
+
+def test_cog_yaml_downloads_nothing_unverified_and_hides_no_failure():
+    """A build step that fetches a file must check it against a pinned sha256 (and so fail the
+    build when the download fails or differs); no step may swallow a failure with `||`."""
+    steps = yaml.safe_load((REPO_ROOT / "cog.yaml").read_text())["build"]["run"]
+    for step in steps:
+        command = step if isinstance(step, str) else step["command"]
+        assert "||" not in command, command
+        for fetched in re.findall(r"(?:curl|wget)\b.*?(?:-o|-O|--output)\s+(\S+)", command):
+            assert re.search(rf"[0-9a-f]{{64}}\s+{re.escape(fetched)}'?\s*\|\s*sha256sum -c", command), f"{fetched} is not checked against a pinned sha256: {command}"
+
+
+# ---- output folders (predict.OutputFolders) -------------------------------------------------
+
+
+def aged(folder, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(folder, (past, past))
+
+
+def test_a_running_predictions_folder_is_never_removed_however_old(tmp_path):
+    from predict import OutputFolders
+
+    outputs = OutputFolders(tmp_path, max_age_s=3600)
+    with outputs.new() as running:
+        (running / "work").mkdir()
+        aged(running, 7200)  # a job that has been running for two hours
+        with outputs.new() as other:  # another prediction starts and cleans up
+            outputs.remove_old()
+        assert running.is_dir() and (running / "work").is_dir()
+    assert other.is_dir() and running.is_dir()  # finished: kept for Cog's upload
+    aged(running, 3601)
+    outputs.remove_old()
+    assert not running.exists() and other.exists()
+
+
+def test_a_failed_prediction_leaves_no_folder(tmp_path):
+    from predict import OutputFolders
+
+    outputs = OutputFolders(tmp_path, max_age_s=3600)
+    with pytest.raises(RuntimeError):
+        with outputs.new() as folder:
+            (folder / "output.mp4").write_bytes(b"half")
+            raise RuntimeError("the model failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cleaners_racing_each_other_never_fail(tmp_path):
+    from predict import OutputFolders
+
+    outputs = OutputFolders(tmp_path, max_age_s=3600)
+    errors = []
+    for _ in range(3):
+        for index in range(150):
+            folder = tmp_path / f"old{index}"
+            (folder / "work").mkdir(parents=True)
+            aged(folder, 7200)
+
+        def clean():
+            try:
+                outputs.remove_old()
+            except Exception as error:  # FileNotFoundError before the fix
+                errors.append(error)
+
+        threads = [threading.Thread(target=clean) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == [] and list(tmp_path.iterdir()) == []

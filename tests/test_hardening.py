@@ -1,6 +1,7 @@
 """Hostile and broken inputs, through the library and through Cog's HTTP server, and faults:
 a process killed mid-job, a full disk, two predictions at once."""
 
+import base64
 import http.server
 import json
 import os
@@ -12,17 +13,23 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
+import psutil
 import pytest
 
 from latentsync.config import REPO_ROOT
 from latentsync.files import JOB_DIR_PREFIX
 from latentsync.options import LipsyncOptions
-from latentsync.media.probe import probe
-from scripts.make_corpus import CASES, build
+from latentsync.media.decode import AudioError
+from latentsync.media.probe import MediaError, probe
+from scripts import make_corpus
+from scripts.make_corpus import CASES, HOSTILE, build
 from tests.cog_server import data_uri, running_cog_server
-from tests.media import frames, small_clip, speech, tiny_pipeline
+from tests.http_fixtures import FileServer
+from tests.media import ffmpeg, frames, small_clip, speech, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,25 @@ def serving(client, within_s: float = 15.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def error_sentence(body: dict) -> str:
+    """Our sentence in a failed prediction, after Cog's "Prediction failed: ... MediaError: "."""
+    return body["error"].rpartition("Error: ")[2]
+
+
+def check_prediction(case, body: dict, tmp_path: Path) -> None:
+    """A Cog prediction ended as the case promises: failed with its sentence (which names the
+    input, never a server path), or succeeded with a correct output."""
+    if case.expect == "error":
+        assert body["status"] == "failed", case.name
+        assert re.search(case.error, error_sentence(body)), body["error"]
+        assert "/tmp" not in body["error"], body["error"]  # the server's files live under /tmp
+    else:
+        assert body["status"] == "succeeded", body.get("error")
+        out = tmp_path / "out.mp4"
+        out.write_bytes(base64.b64decode(body["output"]["video"].split(",", 1)[1]))
+        check_output(case, out, body["output"]["report"])
 
 
 def check_output(case, path: Path, report: dict | None) -> None:
@@ -71,9 +97,39 @@ def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
     else:
         result = pipeline(corpus / case.video, corpus / case.audio, output, LipsyncOptions(num_inference_steps=1), temp_dir=temp)
         check_output(case, output, result.report.to_dict())
-    assert time.time() - started < 120
-    assert list(temp.iterdir()) == [] if temp.exists() else True  # no job folder left behind
+    assert time.time() - started < 60
+    if case.expect == "output":  # the job worked in temp_dir, and left nothing there
+        assert temp.is_dir() and list(temp.iterdir()) == []
+    else:  # refused before or during the job: nothing left either
+        assert not temp.exists() or list(temp.iterdir()) == []
     assert not (corpus / "pwned").exists() and not (corpus / "pwned2").exists()
+    if case.expect == "error":
+        assert str(corpus) not in message  # names the input, never a path
+
+
+def test_the_pipelines_length_limit_holds_for_what_is_decoded(corpus, pipeline, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "max_duration_s", 1.0)
+    options = LipsyncOptions(num_inference_steps=1)
+    with pytest.raises(AudioError, match=r"^The audio input holds more than 1 s of audio, the limit; split it into parts.$"):
+        pipeline(corpus / "face1.mp4", corpus / "repeated.ts", tmp_path / "a.mp4", options, temp_dir=tmp_path / "temp")  # declares 0.37 s
+    with pytest.raises(MediaError, match=r"^The video input holds more than 1 s of video, the limit; split it into parts.$"):
+        pipeline(corpus / "face5.mp4", corpus / "speech_half.wav", tmp_path / "b.mp4", options, temp_dir=tmp_path / "temp")
+    assert not list(tmp_path.glob("*.mp4")) and list((tmp_path / "temp").iterdir()) == []
+
+
+def test_audio_holding_more_than_the_service_limit_is_cut_off_through_the_cog_server(server, corpus, tmp_path):
+    """Ten minutes and a half of audio whose header declares half a second: validation passes,
+    decoding stops at the limit with one sentence, in seconds, not after decoding it all."""
+    piece = tmp_path / "piece.ts"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=8000:duration=0.5", "-c:a", "aac", "-b:a", "16k", "-f", "mpegts", piece)
+    long_audio = make_corpus.repeated_ts(tmp_path / "long_audio.ts", piece, 1260)
+    assert probe(long_audio).audio_duration < 1.0 and long_audio.stat().st_size < 20e6
+    client, _, _ = server
+    started = time.time()
+    body = client.post("/predictions", json={"input": {"video": data_uri(corpus / "face1.mp4"), "audio": data_uri(long_audio)}}).json()
+    assert body["status"] == "failed" and time.time() - started < 60
+    assert error_sentence(body) == "The audio input holds more than 10 minutes of audio, the limit; split it into parts."
+    assert serving(client)
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +169,34 @@ def test_corpus_through_the_cog_server(case, corpus, server, tmp_path):
     started = time.time()
     body = client.post("/predictions", json={"input": inputs}).json()
     assert time.time() - started < 300
-    if case.expect == "error":
-        assert body["status"] == "failed", case.name
-        assert re.search(case.error + "|404", body["error"]), body["error"]
+    if video.exists():
+        check_prediction(case, body, tmp_path)
     else:
-        assert body["status"] == "succeeded", body.get("error")
-        out = tmp_path / "out.mp4"
-        out.write_bytes(__import__("base64").b64decode(body["output"]["video"].split(",", 1)[1]))
-        check_output(case, out, body["output"]["report"])
+        assert body["status"] == "failed" and "404" in body["error"]
     assert serving(client)
     assert not list((folder / "tmp").glob(f"{JOB_DIR_PREFIX}*"))
+
+
+@pytest.fixture(scope="module")
+def corpus_files(corpus):
+    """The corpus on a local HTTP server, so inputs can be URLs that keep their file names."""
+    with FileServer(corpus) as served:
+        yield served
+
+
+SLOW_THROUGH_COG = {"ts_declaring_less_than_it_holds", "midstream_resolution_change"}  # outputs of 2 s, or 8K decoding
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_THROUGH_COG else c for c in HOSTILE], ids=[c.name for c in HOSTILE])
+def test_hostile_cases_through_the_cog_server(case, corpus, corpus_files, server, tmp_path):
+    """The hostile cases, as URLs (Cog keeps their names: patterns, dashes, newlines reach us)."""
+    client, _, _ = server
+    inputs = {"video": f"{corpus_files.url}/{quote(case.video)}", "audio": f"{corpus_files.url}/{quote(case.audio)}", "return_report": True}
+    started = time.time()
+    body = client.post("/predictions", json={"input": inputs}).json()
+    assert time.time() - started < 60
+    check_prediction(case, body, tmp_path)
+    assert serving(client)
 
 
 def test_urls_that_fail_or_hang_end_in_one_clear_error(server, corpus, hanging_url):
@@ -130,10 +204,54 @@ def test_urls_that_fail_or_hang_end_in_one_clear_error(server, corpus, hanging_u
     audio = data_uri(corpus / "speech1.wav")
     missing = client.post("/predictions", json={"input": {"video": f"{files.url}/missing.mp4", "audio": audio}}).json()
     assert missing["status"] == "failed" and "404" in missing["error"]
+    assert serving(client)  # Cog frees the slot of a failed input download a moment after answering
     started = time.time()
     hanging = client.post("/predictions", json={"input": {"video": hanging_url, "audio": audio}}).json()
     assert hanging["status"] == "failed" and "timed out" in hanging["error"] and time.time() - started < 60
     assert serving(client)
+
+
+def media_processes() -> list[psutil.Process]:
+    """ffmpeg and ffprobe processes below this test process (the Cog server's and its worker's)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.name() in ("ffmpeg", "ffprobe") and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def writing(server_folder: Path) -> bool:
+    """A prediction's encoder has written frames (its video-only intermediate in the job folder
+    has grown): the job is denoising and writing, and every decoder it needs is open."""
+    partials = (server_folder / "tmp").glob("latentsync-outputs-*/*/work/*/*.video.mp4")
+    return any(path.stat().st_size > 0 for path in partials if path.exists())
+
+
+def test_a_cancelled_prediction_stops_its_ffmpeg_processes_and_the_server_serves_the_next(server, tmp_path):
+    client, _, folder = server
+    video, audio = small_clip(tmp_path / "long.mp4", seconds=10.0, size="540:960"), speech(tmp_path / "long.wav", 10.0)
+    prediction = uuid.uuid4().hex
+    # One span (no pauses kept): once writing, the job opens no input again until its end, so it
+    # cannot stop by failing to reopen the inputs (Cog deletes them when it cancels).
+    inputs = {"video": data_uri(video), "audio": data_uri(audio), "inference_steps": 20, "skip_silence": False}
+    response = client.put(f"/predictions/{prediction}", json={"input": inputs}, headers={"Prefer": "respond-async"})
+    assert response.status_code == 202, response.text
+    deadline = time.time() + 180
+    while not writing(folder) and time.time() < deadline:
+        time.sleep(0.2)
+    assert writing(folder) and media_processes(), (folder / "server.log").read_text()[-3000:]
+    assert client.post(f"/predictions/{prediction}/cancel").status_code == 200
+    cancelled = time.time()
+    while (media_processes() or not serving(client, within_s=1)) and time.time() < cancelled + 60:
+        time.sleep(0.2)
+    stopped_s = time.time() - cancelled
+    assert media_processes() == [] and stopped_s < 20, f"{len(media_processes())} ffmpeg/ffprobe left {stopped_s:.0f} s after the cancel"
+    short = small_clip(tmp_path / "short.mp4", seconds=1.0, size="540:960")
+    again = client.post("/predictions", json={"input": {"video": data_uri(short), "audio": data_uri(speech(tmp_path / "short.wav", 1.0))}}).json()
+    assert again["status"] == "succeeded", again.get("error")
 
 
 def test_two_predictions_at_once_stay_apart(tmp_path_factory):

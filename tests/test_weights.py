@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+import latentsync.download as download
 import latentsync.weights as weights
 from latentsync.files import sha256_of
 from latentsync.weights import WeightsError, ensure_weights, load_manifest
@@ -21,7 +22,7 @@ UNET = "/tiny/latentsync_unet.pt"
 def served(tmp_path, monkeypatch):
     """A file server with the tiny models, their manifest, an empty weights folder; small chunks
     so the 22 MB tiny U-Net downloads in several parallel ranges; no real waiting in backoff."""
-    monkeypatch.setattr(weights, "CHUNK_SIZE", 2 * 1024 * 1024)
+    monkeypatch.setattr(download, "CHUNK_SIZE", 2 * 1024 * 1024)
     monkeypatch.setattr(weights.time, "sleep", lambda seconds: None)
     monkeypatch.delenv("LATENTSYNC_WEIGHTS_BASE_URL", raising=False)
     with FileServer(tmp_path / "files") as server:
@@ -49,12 +50,12 @@ def test_a_dropped_connection_resumes_the_chunk(served):
     files = ensure_weights("1.6", root, manifest)
     size = manifest.files["unet"].size
     assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
-    assert server.bytes_sent(UNET) < size + 2 * weights.CHUNK_SIZE  # only the broken chunk again
+    assert server.bytes_sent(UNET) < size + 2 * download.CHUNK_SIZE  # only the broken chunk again
 
 
 def test_an_interrupted_download_continues_where_it_stopped(served):
     server, manifest, root = served
-    server.faults.fail_range_start[UNET] = 3 * weights.CHUNK_SIZE  # this chunk fails every retry
+    server.faults.fail_range_start[UNET] = 3 * download.CHUNK_SIZE  # this chunk fails every retry
     with pytest.raises(WeightsError, match=r"tiny/latentsync_unet.pt from http://127.0.0.1.*HTTP 500.*gave up"):
         ensure_weights("1.6", root, manifest)
     assert (root / "tiny" / "latentsync_unet.pt.part.json").exists()
@@ -62,7 +63,7 @@ def test_an_interrupted_download_continues_where_it_stopped(served):
     server.faults.fail_range_start.clear()
     files = ensure_weights("1.6", root, manifest)
     assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
-    assert server.bytes_sent(UNET) - first <= weights.CHUNK_SIZE + 1  # just the missing chunk
+    assert server.bytes_sent(UNET) - first <= download.CHUNK_SIZE + 1  # just the missing chunk
 
 
 def test_wrong_bytes_are_rejected_and_not_kept(served):
@@ -97,8 +98,8 @@ def test_two_processes_download_once(served, tmp_path):
     server, manifest, root = served
     script = textwrap.dedent(
         f"""
-        import latentsync.weights as w
-        w.CHUNK_SIZE = 2 * 1024 * 1024
+        import latentsync.download as d, latentsync.weights as w
+        d.CHUNK_SIZE = 2 * 1024 * 1024
         files = w.ensure_weights("1.6", {str(root)!r}, w.load_manifest({str(manifest.source)!r}))
         print(w.sha256_of(files.unet_checkpoint))
         """
@@ -181,3 +182,101 @@ def test_the_product_manifest_is_complete():
         assert entry.urls and all(url.startswith("https://") for url in entry.urls)
         assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256) and entry.license
     assert manifest.files["unet-1.6"].path == "latentsync_unet.pt"  # the official command line's path
+
+
+# ---- a bad mirror: sizes, paths, credentials ------------------------------------------------
+
+
+def partial_bytes(root) -> int:
+    """Bytes on disk of the U-Net's partial download (0 when none is left)."""
+    partial = root / "tiny" / "latentsync_unet.pt.part"
+    return partial.stat().st_size if partial.exists() else 0
+
+
+def test_a_declared_size_other_than_the_manifests_is_refused_before_downloading(served):
+    server, manifest, root = served
+    served_unet = server.root / "tiny" / "latentsync_unet.pt"
+    served_unet.write_bytes(served_unet.read_bytes() + b"\0" * 10_000_000)  # the mirror's file is bigger
+    size = manifest.files["unet"].size
+    with pytest.raises(WeightsError, match=rf"tiny/latentsync_unet.pt from http://127.0.0.1:\d+/tiny/latentsync_unet.pt: the server declares {size + 10_000_000} bytes, the manifest {size}; nothing was downloaded"):
+        ensure_weights("1.6", root, manifest)
+    assert server.bytes_sent(UNET) <= 1  # at most the one-byte probe
+    server.faults.no_ranges.add(UNET)  # a server without ranges declares it in Content-Length
+    with pytest.raises(WeightsError, match="the server declares"):
+        ensure_weights("1.6", root, manifest)
+    assert partial_bytes(root) == 0
+
+
+def test_range_answers_longer_than_asked_are_cut_off(served):
+    server, manifest, root = served
+    server.faults.extra_bytes[UNET] = 5_000_000  # every answer's Content-Length lies by 5 MB
+    with pytest.raises(WeightsError, match=r"the server sent more than the \d+ bytes asked for"):
+        ensure_weights("1.6", root, manifest)
+    assert partial_bytes(root) <= manifest.files["unet"].size  # nothing written past the file's end
+    assert not (root / "tiny" / "latentsync_unet.pt").exists()
+
+
+def test_a_stream_without_a_length_stops_at_the_manifests_size(served):
+    server, manifest, root = served
+    server.faults.no_ranges.add(UNET)
+    server.faults.no_length.add(UNET)
+    server.faults.extra_bytes[UNET] = 20_000_000  # 20 MB more than the file, until the connection closes
+    with pytest.raises(WeightsError, match=r"the server sent more than the manifest's \d+ bytes; the download was stopped and not kept"):
+        ensure_weights("1.6", root, manifest)
+    assert partial_bytes(root) == 0 and not (root / "tiny" / "latentsync_unet.pt").exists()
+    server.faults.extra_bytes.clear()  # the same server, honest: a stream of exactly the file is kept
+    files = ensure_weights("1.6", root, manifest)
+    assert sha256_of(files.unet_checkpoint) == manifest.files["unet"].sha256
+
+
+@pytest.mark.parametrize("path", ["/etc/cron.d/latentsync", "../outside.bin", "models/../../outside.bin", "C:\\weights\\unet.pt", "..\\outside.bin"])
+def test_manifest_paths_that_leave_the_weights_folder_are_refused(tmp_path, path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": {"unet": {"path": path, "urls": ["https://example.invalid/unet.pt"]}}, "versions": {}}))
+    with pytest.raises(WeightsError, match=r"file 'unet' has the path .*, which leaves the weights folder; use a relative path without '\.\.'"):
+        load_manifest(manifest)
+
+
+SECRETS = ("s3cr3t-pass", "t0k3n-value")
+
+
+def mirrored(manifest, server, monkeypatch) -> str:
+    """Point the manifest at an unreachable host and LATENTSYNC_WEIGHTS_BASE_URL, with a user,
+    password and token, at the file server. Returns the base URL."""
+    for entry in manifest.files.values():
+        entry.urls = [re.sub(r"^http://127.0.0.1:\d+", "https://weights.example.invalid", url) for url in entry.urls]
+    base = server.url.replace("http://", f"http://mirror-user:{SECRETS[0]}@") + f"/?token={SECRETS[1]}"
+    monkeypatch.setenv("LATENTSYNC_WEIGHTS_BASE_URL", base)
+    return base
+
+
+def test_mirror_credentials_are_sent_but_never_logged(served, monkeypatch, caplog):
+    server, manifest, root = served
+    mirrored(manifest, server, monkeypatch)
+    server.faults.fail_first["/tiny/mask.png"] = (503, 1)  # one retry, logged
+    with caplog.at_level("INFO", logger="latentsync"):
+        files = ensure_weights("1.6", root, manifest)
+    assert files.mask.exists()
+    unet_requests = [r for r in server.requests if r["path"] == UNET]
+    assert all(r["query"] == f"token={SECRETS[1]}" and r["authorization"].startswith("Basic ") for r in unet_requests)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "fetched tiny/latentsync_unet.pt" in logged and "retrying" in logged
+    assert not any(secret in logged for secret in SECRETS)
+
+
+def test_mirror_credentials_never_reach_an_error_or_the_download_script(served, monkeypatch, tmp_path):
+    server, manifest, root = served
+    mirrored(manifest, server, monkeypatch)
+    (server.root / "tiny" / "mask.png").unlink()
+    with pytest.raises(WeightsError) as raised:
+        ensure_weights("1.6", root, manifest)
+    assert "tiny/mask.png from http://***@127.0.0.1" in str(raised.value) and "token=***" in str(raised.value)
+    assert not any(secret in str(raised.value) for secret in SECRETS)
+    env = {**os.environ, "PYTHONPATH": str(weights.REPO_ROOT)}
+    script = subprocess.run(
+        [sys.executable, "-m", "scripts.download_weights", "--version", "1.6", "--weights_dir", str(tmp_path / "other"), "--manifest", str(manifest.source)],
+        capture_output=True, text=True, env=env, cwd=weights.REPO_ROOT, timeout=300,
+    )
+    output = script.stdout + script.stderr
+    assert script.returncode == 1 and "HTTP 404" in output and "fetched" in output
+    assert not any(secret in output for secret in SECRETS), output

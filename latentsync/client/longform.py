@@ -2,15 +2,15 @@
 cached on its own), and stitch the results losslessly under the original audio."""
 
 import math
-import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..audio import silent_spans
-from ..media.decode import load_audio
 from ..config import MODEL_FPS
-from ..media.probe import MediaError, probe
+from ..media.decode import load_audio
+from ..media.ffmpeg import file_url, input_args, run_ffmpeg
+from ..media.probe import probe
 
 def cut_points(duration: float, pauses: list[tuple[float, float]], max_segment_s: float) -> list[float]:
     """Where to cut `duration` seconds into the fewest segments of at most `max_segment_s`.
@@ -39,7 +39,7 @@ def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, con
     ffmpeg's concat (no re-encode) under the original, uncut audio.
     """
     video, audio, output_path = Path(video), Path(audio), Path(output_path)
-    duration = probe(audio).audio_duration
+    duration = probe(audio, "audio").audio_duration
     points = cut_points(duration, silent_spans(load_audio(audio)), max_segment_s)
     edges = [0.0, *points, duration]
     with tempfile.TemporaryDirectory(prefix="latentsync-long-") as folder:
@@ -65,19 +65,13 @@ def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, con
     return output_path
 
 
-def _ffmpeg(*args) -> None:
-    result = subprocess.run(["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error", *map(str, args)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MediaError(f"ffmpeg failed: {result.stderr.strip()[-300:]}")
-
-
 def _cut(source: Path, target: Path, start: float, length: float, video: bool) -> None:
     """A frame-exact piece of the source (video re-encoded near-losslessly; audio as PCM)."""
-    common = ["-ss", f"{start:.3f}", "-i", f"file:{source}", "-t", f"{length:.3f}"]
+    common = ["-ss", f"{start:.3f}", *input_args(source), "-t", f"{length:.3f}"]
     if video:
-        _ffmpeg(*common, "-map", "0:v:0", "-r", MODEL_FPS, "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", f"file:{target}")
+        run_ffmpeg(*common, "-map", "0:v:0", "-r", MODEL_FPS, "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", file_url(target), role="video", path=source)
     else:
-        _ffmpeg(*common, "-map", "0:a:0", "-c:a", "pcm_s16le", f"file:{target}")
+        run_ffmpeg(*common, "-map", "0:a:0", "-c:a", "pcm_s16le", file_url(target), role="audio", path=source)
 
 
 def _stitch(parts: list[Path], audio: Path, output_path: Path, folder: Path) -> None:
@@ -86,11 +80,14 @@ def _stitch(parts: list[Path], audio: Path, output_path: Path, folder: Path) -> 
     quoted = (str(p.resolve()).replace("'", "'\\''") for p in parts)  # the concat list's quoting
     listing.write_text("".join(f"file '{path}'\n" for path in quoted))
     joined = folder / "joined.mp4"
-    _ffmpeg("-f", "concat", "-safe", 0, "-i", listing, "-map", "0:v", "-c", "copy", f"file:{joined}")
+    run_ffmpeg("-f", "concat", "-safe", 0, "-i", listing, "-map", "0:v", "-c", "copy", file_url(joined))  # our own segments
     partial = output_path.with_name(f".{output_path.name}.partial.mp4")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _ffmpeg("-i", f"file:{joined}", "-i", f"file:{audio}", "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "256k", "-shortest", "-movflags", "+faststart", f"file:{partial}")
+        run_ffmpeg(
+            "-i", file_url(joined), *input_args(audio), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "256k",
+            "-shortest", "-movflags", "+faststart", file_url(partial), role="audio", path=audio,
+        )
         partial.replace(output_path)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,14 +1,12 @@
 """Encoding: frames into an H.264 mp4 with the original audio, in one ffmpeg process."""
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-import ffmpeg
 import numpy as np
 
-from .ffmpeg import MediaError, file_url, last_line
+from .ffmpeg import QUIET, MediaError, Process, file_url, input_args, reason, run, time_limit
 from .probe import probe
 
 
@@ -29,29 +27,28 @@ class VideoWriter:
         self.crf = crf
         self.frames_written = 0
         self._process = None
+        self._time_per_frame = time_limit(1 / fps, width, height, fps) - time_limit(0)  # the encoder's budget grows by this
 
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".video.mp4", dir=self.work_dir)
         os.close(handle)
         self._video_only = Path(partial)
-        self._errors = tempfile.TemporaryFile()
-        frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps)
-        # yuv420p needs even sizes: pad odd ones with one black row/column
-        video = frames.video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
-        command = (
-            video.output(file_url(self._video_only), vcodec="libx264", crf=self.crf, preset="medium", pix_fmt="yuv420p", format="mp4")
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
-            .compile()
-        )
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._errors)
+        command = [
+            "ffmpeg", *QUIET, "-y",
+            "-protocol_whitelist", "pipe", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps), "-i", "pipe:",
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",  # yuv420p needs even sizes: one black row/column for odd ones
+            "-c:v", "libx264", "-crf", str(self.crf), "-preset", "medium", "-pix_fmt", "yuv420p", "-f", "mp4", file_url(self._video_only),
+        ]
+        self._process = Process(command, time_limit(0), stdin=True)
         return self
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"Frame must be uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}.")
+        self._process.extend(self._time_per_frame)
         try:
-            self._process.stdin.write(np.ascontiguousarray(frame).data)
+            self._process.write(np.ascontiguousarray(frame).data)
         except BrokenPipeError:
             raise MediaError(f"The video encoder stopped: {self._stderr()}") from None
         self.frames_written += 1
@@ -59,17 +56,14 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
             if exc_type is not None:
-                self._process.kill()
-                self._process.wait()
                 return
-            self._process.stdin.close()
-            if self._process.wait() != 0:
+            if self._process.finish() != 0:
                 raise MediaError(f"Encoding {self.path.name} failed: {self._stderr()}")
             if self.frames_written == 0:
                 raise MediaError("No frames were written.")
             self._mux()
         finally:
-            self._errors.close()
+            self._process.close()
             self._video_only.unlink(missing_ok=True)
 
     def _mux(self) -> None:
@@ -80,29 +74,25 @@ class VideoWriter:
         os.close(handle)
         muxed = Path(muxed)
         try:
-            video = ffmpeg.input(file_url(self._video_only)).video
-            streams, output_args = [video], {"vcodec": "copy", "movflags": "+faststart", "t": f"{duration:.6f}", "format": "mp4"}
+            inputs, audio_args = ["-i", file_url(self._video_only)], []
             if self.audio_path is not None:
-                audio_info = probe(self.audio_path)
-                audio = ffmpeg.input(file_url(self.audio_path)).audio
-                if audio_info.audio_codec == "aac" and audio_info.audio_duration >= duration:
-                    output_args["acodec"] = "copy"
+                audio = probe(self.audio_path, "audio")
+                inputs += input_args(self.audio_path, audio.demuxer)
+                if audio.audio_codec == "aac" and audio.audio_duration >= duration:
+                    audio_args = ["-map", "1:a:0", "-c:a", "copy"]
                 else:
-                    audio = audio.filter("apad", whole_dur=f"{duration:.6f}")
-                    output_args.update(acodec="aac", audio_bitrate="256k")
-                streams.append(audio)
-            command = (
-                ffmpeg.output(*streams, file_url(muxed), **output_args)
-                .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
-                .compile()
-            )
-            result = subprocess.run(command, capture_output=True, text=True)
+                    audio_args = ["-map", "1:a:0", "-af", f"apad=whole_dur={duration:.6f}", "-c:a", "aac", "-b:a", "256k"]
+            command = [
+                "ffmpeg", *QUIET, "-y", *inputs, "-map", "0:v:0", "-c:v", "copy", *audio_args,
+                "-t", f"{duration:.6f}", "-movflags", "+faststart", "-f", "mp4", file_url(muxed),
+            ]
+            role = "audio" if self.audio_path is not None else None
+            result = run(command, timeout=time_limit(duration), role=role, path=self.audio_path or self.path)
             if result.returncode != 0:
-                raise MediaError(f"Adding the audio to {self.path.name} failed: {last_line(result.stderr)}")
+                raise MediaError(f"Adding the audio to {self.path.name} failed: {reason(result.stderr, [self.audio_path, self._video_only, muxed])}")
             os.replace(muxed, self.path)
         finally:
             muxed.unlink(missing_ok=True)
 
     def _stderr(self) -> str:
-        self._errors.seek(0)
-        return last_line(self._errors.read().decode(errors="replace"))
+        return reason(self._process.stderr(), [self._video_only])

@@ -1,11 +1,10 @@
-"""Inspect media files with ffprobe: streams, size as displayed, frame rate, durations."""
+"""Inspect media files with ffprobe: container, streams, size as displayed, frame rate, durations."""
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ffmpeg import MediaError, file_url, last_line
+from .ffmpeg import IMAGE2_SINGLE_FILE, VIDEO_FORMATS, MediaError, file_url, guard_args, reason, run, subject
 
 
 @dataclass
@@ -14,6 +13,8 @@ class MediaInfo:
 
     has_video: bool
     has_audio: bool
+    demuxer: str = ""  # the container as ffmpeg reads it (one of ACCEPTED_DEMUXERS): pass it on to decoders
+    video_stream: int = -1  # index of the video stream used (cover art is skipped)
     width: int = 0
     height: int = 0
     fps: float = 0.0
@@ -28,25 +29,35 @@ class MediaInfo:
     audio_duration: float = 0.0
 
 
+def probe(path, role: str | None = None) -> MediaInfo:
+    """Inspect a media file; raises MediaError with a readable reason for unusable files.
 
-def probe(path) -> MediaInfo:
-    """Inspect a media file; raises MediaError with a readable reason for unusable files."""
+    Messages name the file by its `role` ("The video input ...") when given, else by its name;
+    never by its path.
+    """
     path = Path(path)
-    if not path.exists():
-        raise MediaError(f"File not found: {path.name}.")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path.name} is empty (0 bytes).")
-    command = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", file_url(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    if not path.is_file():
+        raise MediaError(f"{subject(role, path)} was not found: pass an existing file." if role else f"File not found: {path.name}.")
+    size = path.stat().st_size
+    if size == 0:
+        raise MediaError(f"{subject(role, path)} is empty (0 bytes).")
+    command = ["ffprobe", "-v", "error", *guard_args(), *IMAGE2_SINGLE_FILE, "-print_format", "json", "-show_format", "-show_streams", file_url(path)]
+    result = run(command, timeout=30 + size / 50e6, role=role, path=path)
     if result.returncode != 0:
-        raise MediaError(f"{path.name} is not a readable audio or video file ({last_line(result.stderr)}).")
+        kind = "video" if role == "video" else "audio or video"
+        raise MediaError(f"{subject(role, path)} is not a readable {kind} file ({reason(result.stderr, [path])}).")
     data = json.loads(result.stdout or "{}")
     streams = data.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    format_duration = _float(data.get("format", {}).get("duration"))
-    info = MediaInfo(has_video=video is not None, has_audio=audio is not None, duration=format_duration)
+    container = data.get("format", {})
+    format_duration = _float(container.get("duration"))
+    info = MediaInfo(
+        has_video=video is not None, has_audio=audio is not None, duration=format_duration,
+        demuxer=str(container.get("format_name", "")).split(",")[0],
+    )
     if video:
+        info.video_stream = int(video.get("index", 0))
         rotation = _rotation(video)
         width, height = int(video.get("width", 0)), int(video.get("height", 0))
         if rotation % 180:
@@ -64,14 +75,13 @@ def probe(path) -> MediaInfo:
     return info
 
 
-def probe_video(path) -> MediaInfo:
+def probe_video(path, role: str | None = "video") -> MediaInfo:
     """`probe`, requiring a video stream with a usable size and frame rate."""
-    info = probe(path)
-    name = Path(path).name
+    info = probe(path, role)
     if not info.has_video:
-        raise MediaError(f"{name} has no video stream; pass a video file (mp4, mov, mkv, webm, avi).")
+        raise MediaError(f"{subject(role, path)} has no video stream; pass a video file ({VIDEO_FORMATS}).")
     if info.width <= 0 or info.height <= 0 or info.fps <= 0:
-        raise MediaError(f"{name} has a video stream ffprobe cannot size or time; re-encode it (e.g. to H.264 mp4).")
+        raise MediaError(f"{subject(role, path)} has a video stream ffprobe cannot size or time; re-encode it (e.g. to H.264 mp4).")
     return info
 
 
