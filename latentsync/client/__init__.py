@@ -4,7 +4,8 @@ idempotent runs, webhooks, batches and long-video fan-out. See `LipSyncClient`."
 from .core import LipSyncClient, LipSyncError, RunResult
 from .jobs import ClaimLost, Job
 from .params import PARAMETERS, validate
-from .store import RedisStore, SQLiteStore, open_store
+from .redis_store import RedisStore
+from .store import SQLiteStore, open_store
 from .webhooks import handle_webhook, webhook_app
 
 __all__ = ["ClaimLost", "Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RedisStore", "RunResult", "SQLiteStore", "handle_webhook", "open_store", "run_long", "validate", "webhook_app"]

@@ -2,6 +2,7 @@
 
     python -m latentsync.client run --video talk.mp4 --audio dub.wav [--param guidance_scale=2] [--out out.mp4]
     python -m latentsync.client run --video long.mp4 --audio long.wav --max-segment 60
+    python -m latentsync.client batch jobs.csv [--servers URL ... | --model owner/name] [--concurrency N] [--results results.csv]
     python -m latentsync.client status <job key or prediction id>
     python -m latentsync.client serve-webhooks --port 8000        # secret: $LATENTSYNC_WEBHOOK_SECRET or --secret-file
 
@@ -13,11 +14,13 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import config
 from . import LipSyncClient, LipSyncError, run_long, webhook_app
+from .batch import read_rows, run_batch, summary, write_results
 from .core import DEFAULT_MODEL, DEFAULT_STORE
 from .store import open_store
 from .params import PARAMETERS
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     shared.add_argument("--model", help=f"owner/name, owner/name:version or a version id (default {DEFAULT_MODEL})")
     shared.add_argument("--store", help="job store: a SQLite file or a redis:// URL")
     shared.add_argument("--base-url", help="another Replicate API endpoint")
+    shared.add_argument("--servers", nargs="+", metavar="URL", help="run on these Cog servers instead of Replicate")
+    shared.add_argument("--callback-url", help="fleet: where the servers reach this client (their --upload-url is CALLBACK_URL/uploads/)")
+    shared.add_argument("--fleet-secret-file", type=_secret_file, dest="fleet_secret", help="fleet: a file holding the servers' WEBHOOK_AUTH_TOKEN (default $LATENTSYNC_FLEET_SECRET)")
     parser = argparse.ArgumentParser(prog="python -m latentsync.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="lip-sync and download the result", parents=[shared], allow_abbrev=False)
@@ -64,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="copy the result here")
     run.add_argument("--param", type=_parameter, action="append", default=[], help="name=value, e.g. guidance_scale=2")
     run.add_argument("--max-segment", type=float, default=None, help="split longer inputs into segments of this many seconds")
+    batch = commands.add_parser("batch", help="run every row of a CSV (video, audio, output, model inputs...)", parents=[shared], allow_abbrev=False)
+    batch.add_argument("csv", type=Path)
+    batch.add_argument("--concurrency", type=int, default=None, help="rows at a time (default: 2 per server, or 4 on Replicate)")
+    batch.add_argument("--results", type=Path, default=None, help="results file, .csv or .json (default: <csv>.results.csv)")
     status = commands.add_parser("status", help="show a job", parents=[shared], allow_abbrev=False)
     status.add_argument("job", help="job key or prediction id")
     serve = commands.add_parser("serve-webhooks", help="receive Replicate webhooks and update the job store", parents=[shared], allow_abbrev=False)
@@ -87,9 +97,10 @@ def main(argv=None) -> int:
         return 1
 
 
-def _client(options: dict) -> LipSyncClient:
+def _client(options: dict, fleet: bool = True) -> LipSyncClient:
     return LipSyncClient(model=options.get("model", DEFAULT_MODEL), store=options.get("store"), base_url=options.get("base_url"),
-                         )
+                         servers=options.get("servers") if fleet else None, callback_url=options.get("callback_url"),
+                         fleet_secret=options.get("fleet_secret"))
 
 
 def _run(client, args) -> int:
@@ -106,6 +117,19 @@ def _run(client, args) -> int:
     return 0
 
 
+def _batch(client, args) -> int:
+    rows = read_rows(args.csv)
+    servers = getattr(args, "servers", None)
+    concurrency = args.concurrency or (2 * len(servers) if servers else 4)
+    started = time.time()
+    results = run_batch(client, rows, concurrency)
+    target = args.results or args.csv.with_name(f"{args.csv.stem}.results.csv")
+    write_results(results, target)
+    print(summary(results, time.time() - started))
+    print(f"results: {target}")
+    return 1 if any(result.status == "failed" for result in results) else 0
+
+
 def _status(options: dict, name: str) -> int:
     """The job from the store; one running on Replicate is refreshed from the API first."""
     store = open_store(options.get("store") or DEFAULT_STORE)
@@ -114,7 +138,7 @@ def _status(options: dict, name: str) -> int:
         print(f"error: no job {name!r} in {store}", file=sys.stderr)
         return 1
     if not job.finished and job.server is None and job.prediction_id:
-        with _client({**options, "store": store}) as client:
+        with _client({**options, "store": store}, fleet=False) as client:
             job = client.get(job)
     print(json.dumps(asdict(job), indent=2, default=str))
     return 0
@@ -128,7 +152,7 @@ def _serve_webhooks(client, args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "serve-webhooks": _serve_webhooks}
+COMMANDS = {"run": _run, "batch": _batch, "serve-webhooks": _serve_webhooks}
 
 if __name__ == "__main__":
     sys.exit(main())

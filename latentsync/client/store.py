@@ -1,7 +1,7 @@
 """The client's job store: job key -> prediction, uploads by content, webhook deliveries.
 
 SQLite by default (one file, safe across threads and processes on one machine, created 0600: it
-holds input and output URLs); Redis for several machines sharing one store. Every change is one
+holds input and output URLs); Redis (`redis_store.py`) for several machines sharing one store. Every change is one
 atomic read-modify-write (a write transaction in SQLite, WATCH/MULTI in Redis) that runs the
 rules of `latentsync.client.jobs`, written once for both: claims, heartbeats, fenced owner
 updates, and prediction news from webhooks, recorded together with the delivery's id.
@@ -30,6 +30,8 @@ def open_store(store, claim_ttl_s: float = CLAIM_TTL_S):
     if hasattr(store, "claim"):
         return store
     if str(store).startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore  # needs the redis package
+
         return RedisStore(str(store), claim_ttl_s=claim_ttl_s)
     return SQLiteStore(store, claim_ttl_s=claim_ttl_s)
 
@@ -241,14 +243,14 @@ class _SQLiteTransaction:
 
     def job(self, key: str) -> Job | None:
         row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job_from_record(dict(row)) if row else None
+        return job_from_record(dict(row)) if row else None
 
     def key_of(self, prediction_id: str) -> str | None:
         row = self.db.execute("SELECT key FROM predictions WHERE prediction_id = ?", (prediction_id,)).fetchone()
         return row["key"] if row else None
 
     def put(self, job: Job) -> None:
-        record = _record_of(job)
+        record = record_of(job)
         names = ", ".join(record)
         self.db.execute(f"INSERT OR REPLACE INTO jobs ({names}) VALUES ({', '.join('?' * len(record))})", tuple(record.values()))
         if job.prediction_id:
@@ -272,120 +274,13 @@ class _SQLiteTransaction:
         self.db.execute("INSERT INTO webhook_ids VALUES (?, ?)", (webhook_id, time.time()))
 
 
-class RedisStore(_Store):
-    """The same store in Redis, for clients on several machines. Keys live under `prefix`:
-    `job:<key>` (a hash), `prediction:<id>` -> job key, `upload:<sha256>`, `webhook:<id>`,
-    `early:<prediction id>`."""
-
-    def __init__(self, url: str, prefix: str = "latentsync:", claim_ttl_s: float = CLAIM_TTL_S):
-        import redis  # only needed for this store
-
-        self.url, self.prefix, self.claim_ttl_s = url, prefix, claim_ttl_s
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
-        try:
-            self.redis.ping()  # fail here, not on the first submit
-        except redis.RedisError as error:
-            raise ConnectionError(f"The Redis job store at {redacted(url)} is not usable: {error}") from None
-
-    def get(self, key: str) -> Job | None:
-        fields = self.redis.hgetall(f"{self.prefix}job:{key}")
-        return _job_from_record(fields) if fields else None
-
-    def by_prediction(self, prediction_id: str) -> Job | None:
-        key = self.redis.get(f"{self.prefix}prediction:{prediction_id}")
-        return self.get(key) if key else None
-
-    def _atomically(self, change):
-        """`change` re-runs until no key it read changed before its writes were applied."""
-        from redis.exceptions import WatchError
-
-        while True:
-            with self.redis.pipeline() as pipe:
-                txn = _RedisTransaction(pipe, self.prefix)
-                try:
-                    result = change(txn, time.time())
-                    txn.commit()
-                    return result
-                except WatchError:
-                    continue
-
-    def upload_url(self, sha256: str, max_age_s: float) -> str | None:
-        record = self.redis.get(f"{self.prefix}upload:{sha256}")
-        if record is None:
-            return None
-        upload = json.loads(record)
-        return upload["url"] if time.time() - upload["created_at"] < max_age_s else None
-
-    def remember_upload(self, sha256: str, url: str) -> None:
-        record = json.dumps({"url": url, "created_at": time.time()})
-        self.redis.set(f"{self.prefix}upload:{sha256}", record, ex=UPLOAD_TTL_S)
-
-    def __str__(self) -> str:
-        return redacted(self.url)
-
-
-class _RedisTransaction:
-    """Reads WATCH their keys and run at once; writes are queued and applied in one MULTI."""
-
-    def __init__(self, pipe, prefix: str):
-        self.pipe, self.prefix, self.writes = pipe, prefix, []
-
-    def _read(self, name: str, command: str):
-        self.pipe.watch(name)
-        return getattr(self.pipe, command)(name)
-
-    def job(self, key: str) -> Job | None:
-        fields = self._read(f"{self.prefix}job:{key}", "hgetall")
-        return _job_from_record(fields) if fields else None
-
-    def key_of(self, prediction_id: str) -> str | None:
-        return self._read(f"{self.prefix}prediction:{prediction_id}", "get")
-
-    def put(self, job: Job) -> None:
-        name = f"{self.prefix}job:{job.key}"
-        record = {field: value for field, value in _record_of(job).items() if value is not None}  # Redis has no NULL
-
-        def write(pipe):
-            pipe.delete(name)
-            pipe.hset(name, mapping=record)
-            if job.prediction_id:
-                pipe.set(f"{self.prefix}prediction:{job.prediction_id}", job.key)
-
-        self.writes.append(write)
-
-    def pending(self, prediction_id: str) -> News | None:
-        record = self._read(f"{self.prefix}early:{prediction_id}", "get")
-        return News(**json.loads(record)) if record else None
-
-    def put_pending(self, news: News) -> None:
-        record = json.dumps(asdict(news))
-        self.writes.append(lambda pipe: pipe.set(f"{self.prefix}early:{news.prediction_id}", record, ex=WEBHOOK_ID_TTL_S))
-
-    def drop_pending(self, prediction_id: str) -> None:
-        self.writes.append(lambda pipe: pipe.delete(f"{self.prefix}early:{prediction_id}"))
-
-    def seen(self, webhook_id: str) -> bool:
-        return bool(self._read(f"{self.prefix}webhook:{webhook_id}", "exists"))
-
-    def mark_seen(self, webhook_id: str) -> None:
-        self.writes.append(lambda pipe: pipe.set(f"{self.prefix}webhook:{webhook_id}", time.time(), ex=WEBHOOK_ID_TTL_S))
-
-    def commit(self) -> None:
-        if not self.writes:
-            return
-        self.pipe.multi()
-        for write in self.writes:
-            write(self.pipe)
-        self.pipe.execute()
-
-
-def _record_of(job: Job) -> dict:
+def record_of(job: Job) -> dict:
     record = asdict(job)
     record["input"] = json.dumps(job.input, sort_keys=True) if job.input is not None else None
     return record
 
 
-def _job_from_record(record: dict) -> Job:
+def job_from_record(record: dict) -> Job:
     """A Job from a SQLite row or a Redis hash (all strings), ignoring columns of older versions."""
     values = {name: record.get(name) for name in JOB_FIELDS if record.get(name) is not None}
     if "input" in values:
