@@ -1,4 +1,5 @@
-"""Fixtures shared by the client's tests: a real redis-server on 127.0.0.1 and the two job stores."""
+"""Fixtures shared by the client's tests: the fake Replicate API, a short clip and speech, a real
+redis-server on 127.0.0.1 and the two job stores."""
 
 import subprocess
 import time
@@ -7,6 +8,21 @@ import pytest
 import redis
 
 from tests.cog_server import free_port
+from tests.fake_replicate import FakeReplicate
+from tests.media import small_clip, speech
+
+
+@pytest.fixture
+def fake():
+    with FakeReplicate() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A 1 s clip (small: the fake API only re-encodes it) and 1.5 s of speech."""
+    folder = tmp_path_factory.mktemp("client_media")
+    return {"video": small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"), "audio": speech(folder / "dub.wav", 1.5, start=1.0), "folder": folder}
 
 
 def start_redis(folder, password: str | None = None) -> tuple[subprocess.Popen, str]:

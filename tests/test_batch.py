@@ -13,20 +13,7 @@ from latentsync.client import LipSyncClient
 from latentsync.client.batch import one_sentence, read_rows
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
-from tests.fake_replicate import FakeReplicate
-from tests.media import small_clip, speech
-
-
-@pytest.fixture
-def fake():
-    with FakeReplicate() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("batch_media")
-    return small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"), speech(folder / "dub.wav", 1.0, start=1.0)
+from tests.client_fixtures import fake, media  # noqa: F401 (fixtures)
 
 
 def write(path, text: str):
@@ -69,7 +56,7 @@ def batch(fake, tmp_path, jobs, *extra):
 
 
 def test_a_batch_on_replicate_is_resumable(fake, tmp_path, media):
-    video, audio = media
+    video, audio = media["video"], media["audio"]
     jobs = write(tmp_path / "jobs.csv", "video,audio,output,seed,guidance_scale\n" + "".join(
         f"{video},{audio},{tmp_path / name},{seed},{scale}\n" for name, seed, scale in
         (("a.mp4", 1, ""), ("b.mp4", 2, ""), ("c.mp4", 1, ""), ("d.mp4", 3, "9"), ("e.mp4", 4, ""), ("f.mp4", 5, ""))

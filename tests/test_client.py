@@ -17,25 +17,9 @@ from latentsync.client.longform import cut_points
 from latentsync.client.params import PARAMETERS, validate
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
-from tests.client_fixtures import redis_url, store_spec  # noqa: F401 (fixtures)
-from tests.fake_replicate import MODEL_VERSION, FakeReplicate
-from tests.media import ffmpeg, small_clip, speech
-
-
-@pytest.fixture
-def fake():
-    with FakeReplicate() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("client_media")
-    return {
-        "video": small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"),
-        "audio": speech(folder / "dub.wav", 1.5, start=1.0),
-        "folder": folder,
-    }
+from tests.client_fixtures import fake, media, redis_url, store_spec  # noqa: F401 (fixtures)
+from tests.fake_replicate import MODEL_VERSION
+from tests.media import ffmpeg, speech
 
 
 def client_for(fake, tmp_path, **kwargs) -> LipSyncClient:

@@ -142,52 +142,49 @@ def test_a_server_that_never_answers_is_given_up(tmp_path, cogs, callback, input
     assert {r.job.server for r in results} == {alive.url}
 
 
-def test_the_exchange_refuses_what_is_not_its_own(tmp_path, inputs, callback):
+@pytest.fixture
+def exchange(tmp_path, callback):
+    """An exchange on its own, and one job of its store dispatched (key "a"*64, dispatch "b"*32)."""
     store = SQLiteStore(tmp_path / "jobs.sqlite")
     exchange = Exchange(tmp_path / "exchange", store, callback, secret=TOKEN)
-    try:
-        key, attempt = "a" * 64, "b" * 32
-        store.claim(key, "owner")
-        store.update(key, "owner", prediction_id=key, status="starting", server="http://gpu", attempt=attempt)
-        hook = exchange.webhook_url(key, attempt)
-        news = {"id": key, "status": "processing"}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-            refused = httpx.post(hook, json=news, headers=headers)
-            assert refused.status_code == 401 and TOKEN not in refused.text
-        bearer = {"Authorization": f"Bearer {TOKEN}"}
-        assert httpx.post(exchange.webhook_url(key, "c" * 32), json=news, headers=bearer).text.startswith("stale")
-        assert httpx.post(hook, json={**news, "id": "d" * 64}, headers=bearer).status_code == 400
-        assert httpx.post(hook, content=b"\xff\xfe", headers=bearer).status_code == 400
-        assert httpx.post(hook, json=news, headers=bearer).text.startswith("updated")
-        # an output sent inline (a server without --upload-url) is kept as an upload, not in the store
-        inline = {"id": key, "status": "succeeded", "output": "data:video/mp4;base64," + base64.b64encode(b"inline video").decode()}
-        assert httpx.post(hook, json=inline, headers=bearer).text.startswith("updated")
-        output = store.get(key).output_url
-        assert output.startswith(f"{callback}/uploads/") and httpx.get(output).content == b"inline video"
-        assert exchange.upload_sha256(output) == output.split("/")[-2]
-        # inputs: only registered files, by content
-        url = exchange.input_url(inputs[0])
-        assert httpx.get(url).content == b"a video" and url.endswith(".mp4")
-        assert httpx.get(f"{callback}/files/{'e' * 64}.mp4").status_code == 404
-        assert httpx.get(f"{callback}/uploads/../jobs.sqlite").status_code == 404
-        upload = httpx.put(f"{callback}/uploads/..%2F..%2Fevil name;$(id).mp4", content=b"x")
-        assert upload.status_code == 201 and re.fullmatch(rf"{callback}/uploads/[0-9a-f]{{64}}/[A-Za-z0-9_-][A-Za-z0-9._-]*", upload.headers["location"])
-        assert sorted(p.name for p in (tmp_path / "exchange").iterdir()) == sorted([hashlib.sha256(b"x").hexdigest(), output.split("/")[-2]])
-    finally:
-        exchange.close()
+    store.claim("a" * 64, "owner")
+    store.update("a" * 64, "owner", prediction_id="a" * 64, status="starting", server="http://gpu", attempt="b" * 32)
+    yield exchange
+    exchange.close()
 
 
-def test_an_oversized_inline_output_fails_the_job_with_advice(tmp_path, callback):
-    store = SQLiteStore(tmp_path / "jobs.sqlite")
-    exchange = Exchange(tmp_path / "exchange", store, callback, secret=TOKEN)
-    try:
-        key, attempt = "f" * 64, "0" * 32
-        store.claim(key, "owner")
-        store.update(key, "owner", prediction_id=key, status="processing", server="http://gpu", attempt=attempt)
-        body = json.dumps({"id": key, "status": "succeeded", "output": "data:video/mp4;base64," + "A" * (MAX_WEBHOOK_BYTES + 16)})
-        response = httpx.post(exchange.webhook_url(key, attempt), content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        assert response.status_code == 413
-        job = store.get(key)
-        assert job.status == "failed" and f"--upload-url {callback}/uploads/" in job.error
-    finally:
-        exchange.close()
+def test_the_exchange_refuses_what_is_not_its_own(tmp_path, inputs, callback, exchange):
+    store, key, attempt = exchange.store, "a" * 64, "b" * 32
+    hook = exchange.webhook_url(key, attempt)
+    news = {"id": key, "status": "processing"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        refused = httpx.post(hook, json=news, headers=headers)
+        assert refused.status_code == 401 and TOKEN not in refused.text
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(exchange.webhook_url(key, "c" * 32), json=news, headers=bearer).text.startswith("stale")
+    assert httpx.post(hook, json={**news, "id": "d" * 64}, headers=bearer).status_code == 400
+    assert httpx.post(hook, content=b"\xff\xfe", headers=bearer).status_code == 400
+    assert httpx.post(hook, json=news, headers=bearer).text.startswith("updated")
+    # an output sent inline (a server without --upload-url) is kept as an upload, not in the store
+    inline = {"id": key, "status": "succeeded", "output": "data:video/mp4;base64," + base64.b64encode(b"inline video").decode()}
+    assert httpx.post(hook, json=inline, headers=bearer).text.startswith("updated")
+    output = store.get(key).output_url
+    assert output.startswith(f"{callback}/uploads/") and httpx.get(output).content == b"inline video"
+    assert exchange.upload_sha256(output) == output.split("/")[-2]
+    # inputs: only registered files, by content
+    url = exchange.input_url(inputs[0])
+    assert httpx.get(url).content == b"a video" and url.endswith(".mp4")
+    assert httpx.get(f"{callback}/files/{'e' * 64}.mp4").status_code == 404
+    assert httpx.get(f"{callback}/uploads/../jobs.sqlite").status_code == 404
+    upload = httpx.put(f"{callback}/uploads/..%2F..%2Fevil name;$(id).mp4", content=b"x")
+    assert upload.status_code == 201 and re.fullmatch(rf"{callback}/uploads/[0-9a-f]{{64}}/[A-Za-z0-9_-][A-Za-z0-9._-]*", upload.headers["location"])
+    assert sorted(p.name for p in (tmp_path / "exchange").iterdir()) == sorted([hashlib.sha256(b"x").hexdigest(), output.split("/")[-2]])
+
+
+def test_an_oversized_inline_output_fails_the_job_with_advice(callback, exchange):
+    key, attempt = "a" * 64, "b" * 32
+    body = json.dumps({"id": key, "status": "succeeded", "output": "data:video/mp4;base64," + "A" * (MAX_WEBHOOK_BYTES + 16)})
+    response = httpx.post(exchange.webhook_url(key, attempt), content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert response.status_code == 413
+    job = exchange.store.get(key)
+    assert job.status == "failed" and f"--upload-url {callback}/uploads/" in job.error

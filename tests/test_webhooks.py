@@ -17,22 +17,9 @@ import uvicorn
 from latentsync.client import LipSyncClient, SQLiteStore, handle_webhook, open_store, webhook_app
 from latentsync.client.jobs import News
 from latentsync.config import REPO_ROOT
-from tests.client_fixtures import redis_url, store_spec  # noqa: F401 (fixtures)
+from tests.client_fixtures import fake, media, redis_url, store_spec  # noqa: F401 (fixtures)
 from tests.cog_server import free_port
-from tests.fake_replicate import FakeReplicate, sign
-from tests.media import small_clip, speech
-
-
-@pytest.fixture
-def fake():
-    with FakeReplicate() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("webhook_media")
-    return small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"), speech(folder / "dub.wav", 1.0, start=1.0)
+from tests.fake_replicate import sign
 
 
 def serve(app):
@@ -66,7 +53,7 @@ def test_a_signed_webhook_updates_the_store(fake, tmp_path, media, webhook_serve
     url, store = webhook_server
     client = client_for(fake, tmp_path, store)
     assert client.webhook_secret() == fake.secret
-    job = client.submit(*media, webhook=url)
+    job = client.submit(media["video"], media["audio"], webhook=url)
     deadline = time.time() + 30
     while store.get(job.key).status != "succeeded" and time.time() < deadline:
         time.sleep(0.1)
@@ -80,7 +67,7 @@ def test_bad_webhooks_are_rejected_and_repeats_change_nothing(fake, tmp_path, me
     url, store = webhook_server
     client = client_for(fake, tmp_path, store)
     fake.run_seconds = 30.0
-    job = client.submit(*media)
+    job = client.submit(media["video"], media["audio"])
     forged = {"id": job.prediction_id, "status": "succeeded", "output": "https://evil.example/x.mp4"}
     assert fake.deliver(url, forged, secret="whsec_" + "QUJD" * 8).status_code == 401  # wrong secret
     assert fake.deliver(url, forged, timestamp=int(time.time()) - 600).status_code == 401  # stale
