@@ -18,7 +18,8 @@ from cog import BaseRunner, Input, Path
 
 from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
 from latentsync.options import options_from_inputs
-from latentsync.pipeline import LipsyncPipeline, default_device_and_dtype, load_unet
+from latentsync.denoise import default_device_and_dtype, load_unet
+from latentsync.pipeline import LipsyncPipeline
 from latentsync.validation import check_inputs
 from latentsync.weights import ensure_weights, load_manifest
 
@@ -93,7 +94,7 @@ class Predictor(BaseRunner):
         pipeline = await asyncio.to_thread(self.pipeline_for, version)
         result = await asyncio.to_thread(pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
         shutil.rmtree(folder / "work", ignore_errors=True)
-        report = result.report
+        report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
         if report.get("sync_confidence") is not None:
             self.record_metric("sync_confidence", report["sync_confidence"])

@@ -26,6 +26,7 @@ from whisper.model import AudioEncoder as WhisperAudioEncoder
 from whisper.model import ModelDimensions
 
 from .config import AUDIO_SAMPLE_RATE, MODEL_FPS
+from .files import require_weight_file
 from .media.decode import AudioError, load_audio
 
 WHISPER_FPS = 50  # encoder frames per second (mel hop 10 ms, then a stride-2 convolution)
@@ -67,10 +68,7 @@ class AudioEncoder:
     def __init__(self, model_path, device="cpu", window_mode: str = "overlap"):
         if window_mode not in ("overlap", "official"):
             raise ValueError(f"window_mode must be 'overlap' or 'official', got {window_mode!r}.")
-        try:
-            checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"Whisper checkpoint not found: {model_path}; run scripts/download_weights.py.") from None
+        checkpoint = torch.load(require_weight_file(model_path, "The Whisper checkpoint"), map_location="cpu", weights_only=True)
         if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
             raise ValueError(
                 f"{Path(model_path).name} is not a Whisper checkpoint (expected the keys 'dims' and "

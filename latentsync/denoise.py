@@ -1,4 +1,4 @@
-"""One 16-frame window through the LatentSync diffusion model.
+"""The LatentSync diffusion model: loading its parts, and one 16-frame window through it.
 
 The algorithm, as the official pipeline runs it:
 
@@ -20,7 +20,28 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from .config import SCHEDULER_CONFIG_DIR, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
+from .config import SCHEDULER_CONFIG_DIR, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, load_yaml
+from .files import require_weight_file
+from .models.unet import UNet3DConditionModel
+
+
+def model_dtype(device) -> torch.dtype:
+    """float16 on CUDA GPUs of compute capability 8 or newer, float32 elsewhere (as the official)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.float16
+    return torch.float32
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """CUDA when available, else the CPU, with `model_dtype`."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, model_dtype(device)
+
+
+def load_unet(files, device="cpu", dtype=torch.float32) -> UNet3DConditionModel:
+    """The U-Net of `files` (a `weights.ModelFiles`: config + checkpoint), loaded without a second copy in memory."""
+    return UNet3DConditionModel.from_checkpoint(load_yaml(files.unet_config)["model"], files.unet_checkpoint, device, dtype)
 
 
 def load_scheduler() -> DDIMScheduler:
@@ -39,9 +60,9 @@ def load_training_mask(path, resolution: int) -> torch.Tensor:
 
     White (1) keeps the input face, black (0) is regenerated. Resized with Lanczos like the official.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(require_weight_file(path, "The training mask")), cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f"Cannot read the training mask {path}; run scripts/download_weights.py.")
+        raise ValueError(f"The training mask {path} is not an image; run `python -m scripts.download_weights` to fetch it again.")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
     return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
@@ -133,30 +154,41 @@ def denoise_window(
         (f, 3, H, W) faces in [-1, 1]: decoded mouth region, input pixels elsewhere.
     """
     device, dtype = unet_device_dtype(unet)
-    num_frames, _, height, width = faces.shape
-    latent_size = height // 8
-
     if initial_latents is None:
-        initial_latents = initial_noise(generator, latent_size, num_frames, device, dtype)
-    latents = initial_latents.to(device, dtype) * scheduler.init_noise_sigma
+        initial_latents = initial_noise(generator, faces.shape[-1] // 8, len(faces), device, dtype)
+    pixels, conditioning = encode_window(vae, faces, mask, generator, sample_posterior, device, dtype)
+    latents = denoising_loop(
+        unet, scheduler, initial_latents.to(device, dtype) * scheduler.init_noise_sigma, conditioning, audio_embeds.to(device, dtype),
+        num_inference_steps, guidance_scale, generator, enable_deepcache, split_guidance_batch,
+    )
+    decoded = decode_latents(vae, latents.to(vae.dtype), decode_frames_per_batch).float()
+    mask_full = mask[0:1].to(device, torch.float32)
+    return decoded * (1 - mask_full) + pixels * mask_full  # only the mouth region is new
 
+
+def encode_window(vae, faces: torch.Tensor, mask: torch.Tensor, generator, sample_posterior: bool, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2: the faces as pixels in [-1, 1], and the U-Net's 9 conditioning channels
+    (1, 9, f, h, w): the mask, the masked faces' latents and the reference (full faces') latents,
+    encoded in that order (the order of the generator's draws when the posterior is sampled)."""
+    num_frames, _, height, width = faces.shape
     pixels = (faces.to(device, torch.float32) / 255.0 - 0.5) / 0.5
     mask = mask.to(device, torch.float32)
-    masked_pixels = pixels * mask
     mask_1ch = mask[0:1].expand(num_frames, 1, height, width)
-    mask_latents = F.interpolate(mask_1ch, size=(latent_size, latent_size)).permute(1, 0, 2, 3).unsqueeze(0)
-
-    masked_latents = encode_faces(vae, masked_pixels.to(vae.dtype), generator, sample_posterior)
+    mask_latents = F.interpolate(mask_1ch, size=(height // 8, width // 8)).permute(1, 0, 2, 3).unsqueeze(0)
+    masked_latents = encode_faces(vae, (pixels * mask).to(vae.dtype), generator, sample_posterior)
     reference_latents = encode_faces(vae, pixels.to(vae.dtype), generator, sample_posterior)
-    conditioning = torch.cat([mask_latents.to(dtype), masked_latents.to(dtype), reference_latents.to(dtype)], dim=1)
+    return pixels, torch.cat([mask_latents.to(dtype), masked_latents.to(dtype), reference_latents.to(dtype)], dim=1)
 
+
+def denoising_loop(unet, scheduler, latents, conditioning, audio_embeds, num_inference_steps, guidance_scale, generator,
+                   enable_deepcache=False, split_guidance_batch=False) -> torch.Tensor:
+    """Step 3: DDIM from `latents` (already scaled by the scheduler's initial sigma), with
+    classifier-free guidance against silent audio when `guidance_scale` > 1."""
     do_guidance = guidance_scale > 1.0
-    audio_embeds = audio_embeds.to(device, dtype)
     if do_guidance:
         audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # unconditional first
         conditioning = torch.cat([conditioning, conditioning])
-
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
     branch_caches = [{}, {}]  # DeepCache state per guidance branch when they run as separate passes
     with deepcache(unet, scheduler) if enable_deepcache else nullcontext() as cache_helper:
         for t in scheduler.timesteps:
@@ -171,10 +203,7 @@ def denoise_window(
                 noise_uncond, noise_audio = noise_pred.chunk(2)
                 noise_pred = noise_uncond + guidance_scale * (noise_audio - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, eta=0.0, generator=generator).prev_sample
-
-    decoded = decode_latents(vae, latents.to(vae.dtype), decode_frames_per_batch).float()
-    mask_full = mask[0:1]
-    return decoded * (1 - mask_full) + pixels * mask_full
+    return latents
 
 
 def _predict_noise_in_two_passes(unet, unet_input, t, audio_embeds, cache_helper, branch_caches) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Plan the output timeline before any denoising: which source frame each output frame shows, which
-frames the model regenerates, and the 16-frame windows it runs on.
+"""Plan a job before any denoising: which source frame each output frame shows, which frames the
+model regenerates and why the others pass through, the 16-frame windows it runs on, and where the
+speaker's face is aligned.
 
-Everything here is plain arithmetic on frame indices, so it is cheap and testable without models.
+Everything here is pure arithmetic on plain data (face detections, pauses, options): no files,
+no models, so every rule can be tested on its own. `plan_job` puts the rules together.
 """
 
 import math
@@ -10,7 +12,15 @@ from enum import Enum
 
 import numpy as np
 
-from .config import FRAMES_PER_WINDOW
+from .config import FRAMES_PER_WINDOW, MODEL_FPS
+from .face.align import FaceAligner
+from .face.detect import FaceDetection
+from .face.track import Track
+from .options import LipsyncOptions
+
+MIN_GENERATED_FRAMES = 4  # shorter regenerated runs between original ones flicker more than they help
+MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regenerated) in pieces of 10 s at 25 fps
+BLEND_FRAMES = 3  # regenerated and original frames meet in a fade over this many frames
 
 
 class LengthMode(str, Enum):
@@ -107,14 +117,18 @@ def spans_from_actions(actions: list[Action]) -> list[Span]:
 
 def absorb_short_generated_spans(spans: list[Span], min_frames: int) -> list[Span]:
     """Turn generated runs shorter than `min_frames` into pass-through (a few regenerated frames
-    between untouched ones flicker more than they help), then merge neighbours again."""
-    actions: list[Action] = []
+    between untouched ones flicker more than they help), merging them with pass-through
+    neighbours. Generated spans stay as they are, split where they were split."""
+    result: list[Span] = []
     for span in spans:
         action = span.action
         if action is Action.GENERATED and len(span) < min_frames and len(spans) > 1:
             action = Action.PASSTHROUGH
-        actions.extend([action] * len(span))
-    return spans_from_actions(actions)
+        if result and result[-1].action is action and action is not Action.GENERATED:
+            result[-1].end = span.end
+        else:
+            result.append(Span(span.start, span.end, action, dict(span.details)))
+    return result
 
 
 def split_at(spans: list[Span], boundaries: set[int]) -> list[Span]:
@@ -128,28 +142,148 @@ def split_at(spans: list[Span], boundaries: set[int]) -> list[Span]:
     return result
 
 
+def limit_span_length(spans: list[Span], limit: int = MAX_SPAN_FRAMES) -> list[Span]:
+    """Cut generated spans longer than `limit` frames into the fewest equal pieces within it."""
+    result = []
+    for span in spans:
+        pieces = math.ceil(len(span) / limit) if span.action is Action.GENERATED else 1
+        edges = [span.start + round(k * len(span) / pieces) for k in range(pieces + 1)]
+        result.extend(Span(a, b, span.action, dict(span.details)) for a, b in zip(edges, edges[1:]))
+    return result
+
+
 def windows_for(span: Span, window: int = FRAMES_PER_WINDOW) -> list[range]:
     """Consecutive windows of `window` frames over a generated span, the last one shorter (official)."""
     return [range(s, min(s + window, span.end)) for s in range(span.start, span.end, window)]
 
 
-def blend_weights(spans: list[Span], total_frames: int, ramp: int = 3) -> np.ndarray:
-    """Per output frame, how much of the regenerated face to show (0..1).
+def blend_weight(position: int, length: int, after_original: bool, before_original: bool, ramp: int = BLEND_FRAMES) -> float:
+    """How much of the regenerated face to show (0..1) at `position` of a run of `length`
+    regenerated frames.
 
-    Inside generated spans the weight is 1, except where a span borders a pass-through span: there
-    it ramps over `ramp` frames, so the mouth eases between the original and the generated one
-    instead of popping.
+    Where the run meets original frames (`after_original` at its start, `before_original` at its
+    end) the weight ramps over `ramp` frames (1/4, 2/4, 3/4 for 3), so the mouth eases between the
+    original and the generated one instead of popping; at the video's ends and where two
+    regenerated runs meet (a cut) it does not. Runs shorter than 2 x `ramp` ramp over half their length.
     """
-    weights = np.zeros(total_frames, dtype=np.float32)
-    for index, span in enumerate(spans):
-        if span.action is not Action.GENERATED:
-            continue
-        frame_weights = np.ones(len(span), dtype=np.float32)
-        steps = np.arange(1, ramp + 1, dtype=np.float32) / (ramp + 1)
-        n = min(ramp, len(span) // 2)
-        if index > 0 and spans[index - 1].action is not Action.GENERATED:
-            frame_weights[:n] = np.minimum(frame_weights[:n], steps[:n])
-        if index + 1 < len(spans) and spans[index + 1].action is not Action.GENERATED:
-            frame_weights[len(span) - n :] = np.minimum(frame_weights[len(span) - n :], steps[:n][::-1])
-        weights[span.start : span.end] = frame_weights
-    return weights
+    n = min(ramp, length // 2)
+    weight = 1.0
+    if after_original and position < n:
+        weight = min(weight, (position + 1) / (ramp + 1))
+    if before_original and length - 1 - position < n:
+        weight = min(weight, (length - position) / (ramp + 1))
+    return weight
+
+
+# ---- the whole plan ------------------------------------------------------------------------------
+
+
+class NoFaceError(ValueError):
+    """No frame of the video has a usable face of the speaker."""
+
+
+@dataclass
+class Plan:
+    """What a job will do, decided before any denoising."""
+
+    fps: float  # output frame rate
+    source_frames: np.ndarray  # output frame -> source frame
+    spans: list[Span]  # cover the output frames in order
+    affines: dict[int, np.ndarray]  # source frame -> 2x3 alignment of the speaker's face
+
+    @property
+    def generated_spans(self) -> list[Span]:
+        return [span for span in self.spans if span.action is Action.GENERATED]
+
+
+def output_fps(source_fps: float, keep_source_fps: bool) -> float:
+    """The model's 25 fps, or a 24-30 fps source's own rate when asked to keep it."""
+    if keep_source_fps and 24.0 <= source_fps <= 30.0:
+        return source_fps
+    return float(MODEL_FPS)
+
+
+def plan_job(
+    detections: list[list[FaceDetection]],
+    speaker: list[Track],
+    audio_duration_s: float,
+    pauses: list[tuple[float, float]],
+    fps: float,
+    options: LipsyncOptions,
+    resolution: int,
+) -> Plan:
+    """Plan a job from what analysis found.
+
+    Args:
+        detections: the faces on each source frame, decoded at `fps`.
+        speaker: the speaker's face tracks (`face.track.choose_speaker`).
+        audio_duration_s: length of the audio.
+        pauses: (start, end) seconds where the audio pauses (`audio.silent_spans`); used when
+            `options.skip_silence`.
+        fps: the output frame rate (`output_fps`).
+        options: the job's options (length mode, yaw limit, silence).
+        resolution: the model's face size, for the alignment template.
+    """
+    if not detections:
+        raise ValueError("The video input has no decodable frames.")
+    timeline = plan_timeline(len(detections), frames_covering(audio_duration_s, fps), options.length_mode)
+    face_at = {frame: face for track in speaker for frame, face in track.faces.items()}
+    track_at = {frame: track.id for track in speaker for frame in track.faces}
+    usable = {frame for frame, face in face_at.items() if abs(face.yaw_degrees) <= options.max_yaw_degrees}
+    if not usable:
+        raise NoFaceError(
+            f"No usable face was found in any of the {len(detections)} frames checked ({len(detections) / fps:.1f} s of "
+            "video): the speaker's face must be visible, at least 50x80 pixels and not turned far away."
+        )
+    silent = silent_frames(len(timeline), pauses if options.skip_silence else [], fps)
+    actions = frame_actions(timeline, silent, detections, face_at, usable)
+    # In remap mode consecutive output frames may step over source frames without a cut.
+    step = math.ceil(len(detections) / len(timeline)) if LengthMode(options.length_mode) is LengthMode.REMAP else 1
+    spans = split_at(spans_from_actions(actions), cut_points(timeline.source_frames, track_at, step))
+    spans = limit_span_length(absorb_short_generated_spans(spans, MIN_GENERATED_FRAMES))
+    return Plan(fps, timeline.source_frames, spans, speaker_affines(speaker, resolution))
+
+
+def silent_frames(count: int, pauses: list[tuple[float, float]], fps: float) -> np.ndarray:
+    """Whether each of `count` output frames has its centre inside a pause."""
+    centres = (np.arange(count) + 0.5) / fps
+    silent = np.zeros(count, dtype=bool)
+    for start_s, end_s in pauses:
+        silent |= (centres >= start_s) & (centres < end_s)
+    return silent
+
+
+def frame_actions(timeline: Timeline, silent: np.ndarray, detections: list[list], face_at: dict, usable: set) -> list[Action]:
+    """Per output frame: regenerate it (speech and a usable speaker face), or why not."""
+    actions = []
+    for i, source in enumerate(timeline.source_frames):
+        if not timeline.has_audio[i] or silent[i]:
+            actions.append(Action.SILENCE)
+        elif source not in face_at:
+            actions.append(Action.OTHER_SPEAKER if detections[source] else Action.NO_FACE)
+        elif source not in usable:
+            actions.append(Action.NO_FACE)
+        else:
+            actions.append(Action.GENERATED)
+    return actions
+
+
+def cut_points(source_frames: np.ndarray, track_at: dict, step: int = 1) -> set[int]:
+    """Output frames where a window must not continue: the source jumps by more than `step`
+    frames (a loop restart) or the speaker's face track changes (a scene cut)."""
+    return {
+        i for i in range(1, len(source_frames))
+        if abs(int(source_frames[i]) - int(source_frames[i - 1])) > step or track_at.get(source_frames[i]) != track_at.get(source_frames[i - 1])
+    }
+
+
+def speaker_affines(speaker: list[Track], resolution: int) -> dict[int, np.ndarray]:
+    """Source frame -> the alignment of the speaker's face there. Smoothing runs over the
+    consecutive frames of one track (the official smooths over the whole video, across cuts)."""
+    aligner = FaceAligner(resolution)
+    affines = {}
+    for track in speaker:
+        aligner.reset()
+        for frame in sorted(track.faces):
+            affines[frame] = aligner.affine(track.faces[frame].landmarks3)
+    return affines

@@ -12,6 +12,7 @@ pipeline stops it too: it raises `JobCancelled` within about one window's work, 
 process and worker thread of the job has ended when it does.
 """
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,3 +35,13 @@ ProgressCallback = Callable[[Progress], None]
 
 class JobCancelled(Exception):
     """The job was cancelled by its caller; nothing it was writing is left behind."""
+
+
+def raise_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise JobCancelled("The job was cancelled.")
+
+
+def notify(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(Progress(stage, done, total))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import AUDIO_SAMPLE_RATE
+from .files import require_weight_file
 
 VSHIFT = 15  # offsets searched, in video frames, each way
 FRAMES_PER_SAMPLE = 5  # video frames per lip embedding
@@ -139,10 +140,7 @@ class SyncNetScorer:
 def load_syncnet(model_path) -> SyncNet:
     """syncnet_v2.model: a saved state dict without BatchNorm's num_batches_tracked counters."""
     model = SyncNet()
-    try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"SyncNet weights not found: {model_path}; run scripts/download_weights.py.") from None
+    state = torch.load(require_weight_file(model_path, "The SyncNet weights file"), map_location="cpu", weights_only=True)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]

@@ -33,7 +33,8 @@ def run_json(*args) -> dict:
 
 def work_avoided() -> dict:
     """U-Net window-steps the planner skips on the demo clips with a pause and a cut-away spliced in."""
-    from latentsync.pipeline import LipsyncOptions, LipsyncPipeline
+    from latentsync.options import LipsyncOptions
+    from latentsync.pipeline import LipsyncPipeline
     from tests.media import ffmpeg, tiny_files
 
     with tempfile.TemporaryDirectory() as folder:
@@ -50,7 +51,7 @@ def work_avoided() -> dict:
         )
         pipeline = LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe")
         tick = time.perf_counter()
-        report = pipeline(video, audio, folder / "out.mp4", LipsyncOptions(num_inference_steps=20)).report
+        report = pipeline(video, audio, folder / "out.mp4", LipsyncOptions(num_inference_steps=20)).report.to_dict()
         wall = time.perf_counter() - tick
     actions = {}
     for span in report["spans"]:

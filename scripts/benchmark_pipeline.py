@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import latentsync.pipeline as pipeline_module
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import create_detector
-from latentsync.pipeline import LipsyncOptions, LipsyncPipeline
+from latentsync.options import LipsyncOptions
+from latentsync.pipeline import LipsyncPipeline
 from latentsync.media.decode import read_frames
 from latentsync.media.encode import VideoWriter
 from tests.media import tiny_files
@@ -119,14 +119,12 @@ def stubbed_pipeline(resolution: int = 256) -> LipsyncPipeline:
     """The pipeline with a stand-in for the diffusion model that returns its input faces."""
     files = tiny_files()
     files.resolution = resolution
-    pipeline = LipsyncPipeline.from_files(files, device="cpu", face_detector="mediapipe")
-    pipeline_module.denoise_window = lambda unet, vae, scheduler, faces, *a, **k: faces.float() / 127.5 - 1
-    return pipeline
+    return LipsyncPipeline.from_files(files, device="cpu", face_detector="mediapipe", denoiser=lambda unet, vae, scheduler, faces, *a, **k: faces.float() / 127.5 - 1)
 
 
 def whole_pipeline_rate(video: Path, audio: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        report = stubbed_pipeline()(video, audio, Path(folder) / "out.mp4", LipsyncOptions(skip_silence=False)).report
+        report = stubbed_pipeline()(video, audio, Path(folder) / "out.mp4", LipsyncOptions(skip_silence=False)).report.to_dict()
     timings = report["timings"]
     return {
         "frames": report["frames"],

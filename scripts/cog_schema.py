@@ -46,29 +46,19 @@ def input_schema(info) -> dict:
 def openapi_schema(module: str = "predict", class_name: str = "Predictor") -> dict:
     info = create_predictor(module, class_name)
     status = {"title": "Status", "enum": ["starting", "processing", "succeeded", "canceled", "failed"], "type": "string"}
-    request = {
-        "title": "PredictionRequest",
-        "type": "object",
-        "properties": {
-            "id": {"title": "Id", "type": "string"},
-            "input": {"$ref": "#/components/schemas/Input"},
-            "webhook": {"title": "Webhook", "type": "string", "format": "uri"},
-            "webhook_events_filter": {"type": "array", "items": {"enum": ["start", "output", "logs", "completed"], "type": "string"}},
-        },
-    }
-    response = {
-        "title": "PredictionResponse",
-        "type": "object",
-        "properties": {
-            "id": {"title": "Id", "type": "string"},
-            "input": {"$ref": "#/components/schemas/Input"},
-            "output": {"$ref": "#/components/schemas/Output"},
-            "status": {"$ref": "#/components/schemas/Status"},
-            "error": {"title": "Error", "type": "string"},
-            "logs": {"title": "Logs", "type": "string", "default": ""},
-            "metrics": {"title": "Metrics", "type": "object"},
-        },
-    }
+    request = _prediction_object(
+        "PredictionRequest",
+        webhook={"title": "Webhook", "type": "string", "format": "uri"},
+        webhook_events_filter={"type": "array", "items": {"enum": ["start", "output", "logs", "completed"], "type": "string"}},
+    )
+    response = _prediction_object(
+        "PredictionResponse",
+        output={"$ref": "#/components/schemas/Output"},
+        status={"$ref": "#/components/schemas/Status"},
+        error={"title": "Error", "type": "string"},
+        logs={"title": "Logs", "type": "string", "default": ""},
+        metrics={"title": "Metrics", "type": "object"},
+    )
     return {
         "openapi": "3.0.2",
         "info": {"title": "LatentSync lip-sync", "version": "1.0.0"},
@@ -91,6 +81,12 @@ def openapi_schema(module: str = "predict", class_name: str = "Predictor") -> di
             }
         },
     }
+
+
+def _prediction_object(title: str, **properties) -> dict:
+    """A prediction request or response: its id and input, then `properties`."""
+    common = {"id": {"title": "Id", "type": "string"}, "input": {"$ref": "#/components/schemas/Input"}}
+    return {"title": title, "type": "object", "properties": {**common, **properties}}
 
 
 def main(argv=None) -> int:

@@ -16,9 +16,12 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, DEFAULT_SEED, DEFAULT_VERSION, LENGTH_MODES, LOW_SYNC_ACTIONS, load_yaml
 from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
-from latentsync.pipeline import LipsyncPipeline, NoFaceError
+from latentsync.pipeline import LipsyncPipeline
+from latentsync.progress import Progress
 from latentsync.weights import WeightsError, load_manifest, model_files
 
 
@@ -108,13 +111,35 @@ def main(argv=None) -> int:
             crf=args.crf,
         )
         pipeline = LipsyncPipeline.from_files(resolve_files(args, config), device=args.device, face_detector=args.face_detector)
-        result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir)
-    except (ValueError, WeightsError, FileNotFoundError, NoFaceError) as error:
+        with ProgressBars() as progress:
+            result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir, progress=progress)
+    except (ValueError, WeightsError, FileNotFoundError) as error:  # bad inputs, no usable face, missing weights
         print(f"error: {error}", file=sys.stderr)
         return 1
     report = result.report
-    print(f"Wrote {result.output_path} ({report['frames']} frames, {report['frames_generated']} regenerated) and {result.report_path}")
+    print(f"Wrote {result.output_path} ({report.frames} frames, {report.frames_generated} regenerated) and {result.report_path}")
     return 0
+
+
+class ProgressBars:
+    """A terminal progress bar per stage of the job, fed by the pipeline's progress callback."""
+
+    LABELS = {"analyse": ("Finding faces", "frame"), "denoise": ("Denoising", "window"), "write": ("Writing", "frame")}
+
+    def __enter__(self) -> "ProgressBars":
+        self.bars = {}
+        return self
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.stage not in self.bars:
+            label, unit = self.LABELS[progress.stage]
+            self.bars[progress.stage] = tqdm(total=progress.total, desc=label, unit=unit, leave=False)
+        bar = self.bars[progress.stage]
+        bar.update(progress.done - bar.n)
+
+    def __exit__(self, *exc_info) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 if __name__ == "__main__":

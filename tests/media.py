@@ -29,11 +29,10 @@ def tiny_files() -> ModelFiles:
     )
 
 
-def tiny_pipeline(sync_scorer=None) -> LipsyncPipeline:
-    """The whole pipeline with the tiny random models and MediaPipe faces, on the CPU."""
-    pipeline = LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe")
-    pipeline.sync_scorer = sync_scorer
-    return pipeline
+def tiny_pipeline(**settings) -> LipsyncPipeline:
+    """The whole pipeline with the tiny random models and MediaPipe faces, on the CPU; `settings`
+    (sync_scorer, cache, denoiser) go to `LipsyncPipeline.from_files`."""
+    return LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe", **settings)
 
 
 def ffmpeg(*args) -> None:

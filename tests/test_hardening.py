@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from latentsync.config import REPO_ROOT
-from latentsync.pipeline import JOB_DIR_PREFIX, LipsyncOptions
+from latentsync.files import JOB_DIR_PREFIX
+from latentsync.options import LipsyncOptions
 from latentsync.media.probe import probe
 from scripts.make_corpus import CASES, build
 from tests.cog_server import data_uri, running_cog_server
@@ -69,7 +70,7 @@ def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
         assert not output.exists()
     else:
         result = pipeline(corpus / case.video, corpus / case.audio, output, LipsyncOptions(num_inference_steps=1), temp_dir=temp)
-        check_output(case, output, result.report)
+        check_output(case, output, result.report.to_dict())
     assert time.time() - started < 120
     assert list(temp.iterdir()) == [] if temp.exists() else True  # no job folder left behind
     assert not (corpus / "pwned").exists() and not (corpus / "pwned2").exists()
@@ -164,11 +165,10 @@ KILLED_JOB = textwrap.dedent(
     import sys
     from pathlib import Path
     from latentsync.cache import ResultCache
-    from latentsync.pipeline import LipsyncOptions
+    from latentsync.options import LipsyncOptions
     from tests.media import tiny_pipeline
     video, audio, cache_root, temp = sys.argv[1:5]
-    pipeline = tiny_pipeline()
-    pipeline.cache = ResultCache(cache_root)
+    pipeline = tiny_pipeline(cache=ResultCache(cache_root))
     print("started", flush=True)
     pipeline(video, audio, Path(temp) / "out.mp4", LipsyncOptions(num_inference_steps=3), temp_dir=temp)
     """
@@ -191,11 +191,10 @@ def test_a_job_killed_midway_leaves_nothing_that_breaks_the_next(tmp_path):
 
     from latentsync.cache import ResultCache
 
-    pipeline = tiny_pipeline()
-    pipeline.cache = ResultCache(cache_root)
+    pipeline = tiny_pipeline(cache=ResultCache(cache_root))
     started = time.time()
     result = pipeline(video, audio, tmp_path / "again.mp4", LipsyncOptions(num_inference_steps=3), temp_dir=temp)
-    assert result.report["cache"] == "miss" and time.time() - started < 120  # no stale lock, no bogus hit
+    assert result.report.cache == "miss" and time.time() - started < 120  # no stale lock, no bogus hit
     assert probe(tmp_path / "again.mp4").has_video
     assert list(temp.iterdir()) == []  # the dead job's folder was cleared
     assert not list((cache_root / "work").iterdir())

@@ -1,18 +1,25 @@
-"""Timeline planning: length modes, spans, windows and boundary blending (pure index arithmetic)."""
+"""Planning: length modes, spans, windows, boundary blending, face tracks and the whole plan of a
+job (`plan_job`), all on plain data: no files, no models."""
 
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from latentsync.face.detect import FaceDetection
 from latentsync.face.track import build_tracks, choose_speaker, iou
+from latentsync.options import LipsyncOptions
 from latentsync.planner import (
+    MAX_SPAN_FRAMES,
     Action,
     LengthMode,
+    NoFaceError,
     Span,
     absorb_short_generated_spans,
-    blend_weights,
+    blend_weight,
     frames_covering,
+    output_fps,
+    plan_job,
     plan_timeline,
     spans_from_actions,
     split_at,
@@ -94,12 +101,20 @@ def test_windows_never_straddle_a_split():
     assert [(w.start, w.stop) for w in windows] == [(0, 16), (16, 20), (20, 36), (36, 40)]
 
 
-def test_blend_weights_ramp_only_next_to_passthrough():
-    spans = [Span(0, 10, Action.GENERATED), Span(10, 20, Action.SILENCE), Span(20, 30, Action.GENERATED)]
-    weights = blend_weights(spans, 30, ramp=3)
-    np.testing.assert_allclose(weights[:10], [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])  # video start: no ramp
-    assert (weights[10:20] == 0).all()
-    np.testing.assert_allclose(weights[20:30], [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1])
+def run_weights(length, after_original, before_original):
+    return [blend_weight(p, length, after_original, before_original, ramp=3) for p in range(length)]
+
+
+def test_blend_weights_ramp_only_next_to_original_frames():
+    assert run_weights(10, after_original=False, before_original=True) == [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]  # video start: no ramp
+    assert run_weights(10, after_original=True, before_original=False) == [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1]
+    assert run_weights(8, after_original=False, before_original=False) == [1] * 8  # between cuts, or the whole video
+
+
+def test_short_runs_ramp_over_half_their_length():
+    assert run_weights(4, True, True) == [0.25, 0.5, 0.5, 0.25]
+    assert run_weights(5, True, True) == [0.25, 0.5, 1, 0.5, 0.25]
+    assert run_weights(1, True, True) == [1]
 
 
 @dataclass
@@ -150,3 +165,95 @@ def test_iou():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+
+
+# ---- the whole plan --------------------------------------------------------------------------------
+
+
+def detection(x=100.0, y=100.0, size=200.0, yaw=0.0) -> FaceDetection:
+    landmarks = np.array([[x + 0.3 * size, y + 0.3 * size], [x + 0.7 * size, y + 0.3 * size], [x + 0.5 * size, y + 0.5 * size]])
+    return FaceDetection(box=(x, y, x + size, y + size), score=0.9, landmarks3=landmarks, yaw_degrees=yaw)
+
+
+def plan(detections, audio_s=None, pauses=(), fps=25.0, **options):
+    speaker = choose_speaker(build_tracks(detections))
+    audio_s = len(detections) / fps if audio_s is None else audio_s
+    return plan_job(detections, speaker, audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
+
+
+def actions(result):
+    return [(s.start, s.end, s.action) for s in result.spans]
+
+
+G, S, N, O, P = Action.GENERATED, Action.SILENCE, Action.NO_FACE, Action.OTHER_SPEAKER, Action.PASSTHROUGH
+
+
+def test_a_steady_face_under_speech_is_regenerated_and_aligned_everywhere():
+    result = plan([[detection()] for _ in range(40)])
+    assert actions(result) == [(0, 40, G)] and result.fps == 25.0
+    assert sorted(result.affines) == list(range(40)) and result.affines[0].shape == (2, 3)
+    np.testing.assert_array_equal(result.source_frames, np.arange(40))
+
+
+def test_faces_turned_past_the_yaw_limit_pass_through():
+    frames = [[detection(yaw=75.0 if 10 <= i < 20 else 5.0)] for i in range(40)]
+    assert actions(plan(frames)) == [(0, 10, G), (10, 20, N), (20, 40, G)]
+    assert actions(plan(frames, max_yaw_degrees=80.0)) == [(0, 40, G)]
+
+
+def test_another_face_is_other_speaker_and_no_face_is_no_face():
+    speaker, other = detection(100, 100, 300), detection(700, 100, 150)
+    frames = [[speaker, other] for _ in range(20)] + [[other] for _ in range(10)] + [[] for _ in range(10)] + [[speaker] for _ in range(20)]
+    result = plan(frames)
+    assert actions(result) == [(0, 20, G), (20, 30, O), (30, 40, N), (40, 60, G)]
+
+
+def test_pauses_are_silence_unless_silence_is_regenerated_too():
+    frames = [[detection()] for _ in range(50)]
+    assert actions(plan(frames, pauses=[(0.8, 1.2)])) == [(0, 20, G), (20, 30, S), (30, 50, G)]
+    assert actions(plan(frames, pauses=[(0.8, 1.2)], skip_silence=False)) == [(0, 50, G)]
+
+
+def test_long_generated_runs_are_cut_into_equal_pieces_within_the_limit():
+    result = plan([[detection()] for _ in range(600)])
+    assert [(s.start, s.end) for s in result.spans] == [(0, 200), (200, 400), (400, 600)]
+    assert all(len(s) <= MAX_SPAN_FRAMES for s in result.spans)
+
+
+def test_loop_restarts_cut_windows_but_remap_steps_do_not():
+    frames = [[detection()] for _ in range(30)]
+    looped = plan(frames, audio_s=70 / 25, length_mode="loop")  # 70 output frames over a 30-frame video
+    assert [(s.start, s.end) for s in looped.spans] == [(0, 30), (30, 60), (60, 70)]
+    assert all(w.stop <= 30 or w.start >= 30 for s in looped.spans for w in windows_for(s))  # no window straddles a restart
+    remapped = plan(frames, audio_s=12 / 25, length_mode="remap")  # 12 output frames: the source advances 2-3 frames a step
+    assert actions(remapped) == [(0, 12, G)]
+    assert remapped.source_frames[-1] - remapped.source_frames[0] > 20
+
+
+def test_length_modes_with_a_scene_cut():
+    shot_a, shot_b = [[detection(100, 100, 300)] for _ in range(20)], [[detection(500, 300, 280)] for _ in range(20)]
+    bounced = plan(shot_a + shot_b, audio_s=60 / 25, length_mode="bounce")  # 40 frames forward, 20 back
+    assert [(s.start, s.end) for s in bounced.spans] == [(0, 20), (20, 60)]  # the scene cut; the turn at frame 40 is none
+    assert bounced.source_frames[40] == 39 and bounced.source_frames[59] == 20
+    silent_tail = plan(shot_a + shot_b, audio_s=30 / 25, length_mode="silence")
+    assert actions(silent_tail) == [(0, 20, G), (20, 30, G), (30, 40, S)]
+    cut_off = plan(shot_a + shot_b, audio_s=30 / 25, length_mode="cut_off")
+    assert actions(cut_off) == [(0, 20, G), (20, 30, G)]
+
+
+def test_a_few_regenerable_frames_between_unusable_ones_pass_through():
+    yaws = [80.0] * 10 + [0.0] * 3 + [80.0] * 10 + [0.0] * 20
+    assert actions(plan([[detection(yaw=yaw)] for yaw in yaws])) == [(0, 10, N), (10, 13, P), (13, 23, N), (23, 43, G)]
+
+
+def test_no_usable_face_anywhere_is_a_clear_error():
+    with pytest.raises(NoFaceError, match=r"No usable face was found in any of the 25 frames checked \(1.0 s of video\)"):
+        plan([[detection(yaw=80.0)] for _ in range(25)])
+    with pytest.raises(ValueError, match="The video input has no decodable frames"):
+        plan([])
+
+
+def test_output_fps_keeps_only_24_to_30_fps_sources_when_asked():
+    assert output_fps(30.0, keep_source_fps=True) == 30.0
+    assert output_fps(30.0, keep_source_fps=False) == 25.0
+    assert output_fps(60.0, keep_source_fps=True) == 25.0

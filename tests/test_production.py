@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import latentsync.pipeline as pipeline_module
 from latentsync.cache import ResultCache
-from latentsync.pipeline import LipsyncOptions, NoFaceError
+from latentsync.options import LipsyncOptions
+from latentsync.planner import NoFaceError
 from latentsync.sync import SyncNet, SyncNetScorer
 from latentsync.media.probe import probe
 from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
@@ -44,7 +44,7 @@ def test_a_faceless_cutaway_passes_through(pipeline, clips):
     )
     audio = speech(folder / "speech6.wav", 6.0, start=1.0)
     out = folder / "cutaway_out.mp4"
-    report = pipeline(cutaway, audio, out, LipsyncOptions(**FAST, skip_silence=False)).report
+    report = pipeline(cutaway, audio, out, LipsyncOptions(**FAST, skip_silence=False)).report.to_dict()
     no_face = spans(report, "no_face")
     assert len(no_face) == 1 and abs(no_face[0]["start"] - 2.0) <= 0.08 and abs(no_face[0]["end"] - 4.0) <= 0.08
     source, output = frames(cutaway), frames(out)
@@ -63,7 +63,7 @@ def test_a_pause_in_the_audio_keeps_the_original_frames(pipeline, clips):
         "-filter_complex", "[0:a][1:a][2:a]concat=n=3:v=0:a=1[a]", "-map", "[a]", paused,
     )
     out = folder / "paused_out.mp4"
-    report = pipeline(video, paused, out, LipsyncOptions(**FAST)).report
+    report = pipeline(video, paused, out, LipsyncOptions(**FAST)).report.to_dict()
     silence = [s for s in spans(report, "silence") if s["start"] < 4.0 and s["end"] > 2.0]
     assert len(silence) == 1 and 2.0 <= silence[0]["start"] <= 2.3 and 3.7 <= silence[0]["end"] <= 4.0
     assert 0.25 < report["fraction_skipped"] < 0.5
@@ -96,7 +96,7 @@ def test_the_larger_face_speaks_and_a_point_picks_the_other(pipeline, clips, two
     output = frames(default)
     assert face_changed(source, output, 0, 540) and not face_changed(source, output, 540, 1020)
     picked = folder / "two_picked.mp4"
-    report = pipeline(two_faces, audio, picked, LipsyncOptions(**FAST, skip_silence=False, speaker_point=(800.0, 380.0, 10))).report
+    report = pipeline(two_faces, audio, picked, LipsyncOptions(**FAST, skip_silence=False, speaker_point=(800.0, 380.0, 10))).report.to_dict()
     output = frames(picked)
     assert face_changed(source, output, 540, 1020) and not face_changed(source, output, 0, 540)
     assert report["options"]["speaker_point"] == [800.0, 380.0, 10]
@@ -110,7 +110,7 @@ def test_length_modes(pipeline, clips, mode, long_audio, expected_s):
     folder = clips["folder"]
     audio = speech(folder / f"audio_{long_audio}.wav", 6.0 if long_audio else 0.68, start=1.0)
     out = folder / f"length_{mode}_{long_audio}.mp4"
-    report = pipeline(clips["face"], audio, out, LipsyncOptions(**FAST, length_mode=mode, skip_silence=False)).report
+    report = pipeline(clips["face"], audio, out, LipsyncOptions(**FAST, length_mode=mode, skip_silence=False)).report.to_dict()
     info = probe(out)
     assert abs(info.duration - expected_s) <= 0.04 + 1e-6
     assert abs(info.audio_duration - expected_s) <= 0.05
@@ -136,7 +136,7 @@ def test_out_of_memory_is_recovered_with_the_same_output(pipeline, clips, monkey
     hook = pipeline.unet.register_forward_pre_hook(out_of_memory_once_per_window)
     try:
         injected = folder / "injected.mp4"
-        report = pipeline(clips["face"], audio, injected, options).report
+        report = pipeline(clips["face"], audio, injected, options).report.to_dict()
     finally:
         hook.remove()
     assert calls["count"] > 0 and report["frames_generated"] > 0
@@ -144,8 +144,13 @@ def test_out_of_memory_is_recovered_with_the_same_output(pipeline, clips, monkey
 
 
 def test_a_failing_window_passes_through_and_the_job_goes_on(pipeline, clips, monkeypatch):
-    original = pipeline_module.denoise_window
-    state = {"windows": 0}
+    folder = clips["folder"]
+    audio = speech(folder / "fail.wav", 2.0, start=1.0)
+    options = LipsyncOptions(**FAST, skip_silence=False)
+    clean = folder / "clean_for_fail.mp4"
+    pipeline(clips["face"], audio, clean, options)
+
+    original, state = pipeline.denoiser, {"windows": 0}
 
     def second_window_breaks(*args, **kwargs):
         state["windows"] += 1
@@ -153,14 +158,24 @@ def test_a_failing_window_passes_through_and_the_job_goes_on(pipeline, clips, mo
             raise RuntimeError("simulated driver error")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "denoise_window", second_window_breaks)
-    folder = clips["folder"]
-    audio = speech(folder / "fail.wav", 2.0, start=1.0)
-    report = pipeline(clips["face"], audio, folder / "failed.mp4", LipsyncOptions(**FAST, skip_silence=False)).report
+    monkeypatch.setattr(pipeline, "denoiser", second_window_breaks)
+    failed_out = folder / "failed.mp4"
+    report = pipeline(clips["face"], audio, failed_out, options).report.to_dict()
     failed = spans(report, "passthrough")
     assert len(failed) == 1 and failed[0]["start"] == 0.64 and failed[0]["end"] == 1.28
     assert "0.64-1.28 s: simulated driver error" in failed[0]["reason"]
     assert spans(report, "generated")
+
+    # Frames 16-31 kept the original; the regenerated mouth fades out over 13-15 and back in over
+    # 32-34, as at a planned boundary: each frame is that share of the way from the source to
+    # what the clean run made of it.
+    source, clean_frames, output = frames(clips["face"]).astype(float), frames(clean).astype(float), frames(failed_out).astype(float)
+    assert unchanged(source.astype(np.uint8), output.astype(np.uint8), 16, 32)
+    changed = np.abs(clean_frames[10:40] - source[10:40]).max(axis=0) > 40  # where the clean run regenerated the mouth
+    for frame, share in {12: 1.0, 13: 0.75, 14: 0.5, 15: 0.25, 32: 0.25, 33: 0.5, 34: 0.75, 35: 1.0}.items():
+        measured = np.sum((output[frame] - source[frame])[changed] * (clean_frames[frame] - source[frame])[changed])
+        measured /= np.sum(((clean_frames[frame] - source[frame])[changed]) ** 2)
+        assert measured == pytest.approx(share, abs=0.05), frame
 
 
 def test_no_face_anywhere_fails_with_a_clear_message(pipeline, clips):
@@ -185,7 +200,7 @@ def test_low_sync_confidence_policy(scored_pipeline, clips, action):
     folder = clips["folder"]
     audio = speech(folder / "sync.wav", 2.0, start=1.0)
     options = LipsyncOptions(**FAST, skip_silence=False, min_sync_confidence=1e9, low_sync_action=action)
-    report = scored_pipeline(clips["face"], audio, folder / f"sync_{action}.mp4", options).report
+    report = scored_pipeline(clips["face"], audio, folder / f"sync_{action}.mp4", options).report.to_dict()
     span = report["spans"][0]
     assert span["low_sync"]["threshold"] == 1e9 and span["low_sync"]["action"] == action
     if action == "passthrough":
@@ -197,11 +212,10 @@ def test_low_sync_confidence_policy(scored_pipeline, clips, action):
 
 
 def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
-    pipeline = tiny_pipeline()
-    pipeline.cache = ResultCache(tmp_path / "cache")
+    pipeline = tiny_pipeline(cache=ResultCache(tmp_path / "cache"))
     audio = speech(clips["folder"] / "cache.wav", 1.0, start=1.0)
-    first = pipeline(clips["face"], audio, tmp_path / "first.mp4", LipsyncOptions(**FAST)).report
-    monkeypatch.setattr(pipeline_module, "denoise_window", lambda *a, **k: pytest.fail("the model ran on a cache hit"))
-    second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report
+    first = pipeline(clips["face"], audio, tmp_path / "first.mp4", LipsyncOptions(**FAST)).report.to_dict()
+    monkeypatch.setattr(pipeline, "denoiser", lambda *a, **k: pytest.fail("the model ran on a cache hit"))
+    second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report.to_dict()
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()

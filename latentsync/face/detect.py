@@ -19,6 +19,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ..files import require_weight_file
+
 INSIGHTFACE_FILES = ("det_10g.onnx", "2d106det.onnx")
 INSIGHTFACE_DET_SIZE = 512
 
@@ -94,9 +96,8 @@ class InsightFaceDetector:
         import onnxruntime
         from insightface.app import FaceAnalysis
 
-        missing = [str(p) for p in insightface_model_paths(model_root) if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"InsightFace model files missing: {', '.join(missing)}; run scripts/download_weights.py.")
+        for path in insightface_model_paths(model_root):
+            require_weight_file(path, "The InsightFace model file")
         use_cuda = str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         with contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it loads

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
+from ..files import require_weight_file
+
 # Every `model:` field of the official configs, with the defaults the official model uses.
 DEFAULT_CONFIG = dict(
     sample_size=None,
@@ -542,10 +544,9 @@ class UNet3DConditionModel(nn.Module):
         """
         with torch.device("meta"):
             model = cls.from_config(model_config)
+        require_weight_file(checkpoint_path, "The U-Net checkpoint")
         try:
             checkpoint = torch.load(checkpoint_path, map_location="cpu", mmap=True, weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"U-Net checkpoint not found: {checkpoint_path}; run scripts/download_weights.py.") from None
         except Exception as error:
             raise ValueError(f"Cannot read the U-Net checkpoint {checkpoint_path}: {error}") from error
         state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
