@@ -85,6 +85,7 @@ def test_a_batch_spreads_over_both_servers_and_runs_identical_rows_once(fleet, m
         assert info.has_video and info.has_audio and (info.width, info.height) == (540, 960)
     assert rows[0]["output"].read_bytes() == rows[5]["output"].read_bytes()
     assert {r["server"] for r in results} == {s.url for s in servers}
+    assert SECRET not in run.stdout + run.stderr + jobs.with_name("jobs.results.csv").read_text()
 
     again = batch_command(fleet, tmp_path, jobs)  # a re-run creates no prediction at all
     assert again.returncode == 0 and "0 done, 0 failed, 6 skipped" in again.stdout, again.stdout + again.stderr

@@ -133,6 +133,19 @@ def test_a_new_client_adopts_the_job_an_old_one_left_running(tmp_path, cogs, cal
     assert result.path.read_bytes() == f"output 0 of {job.key}".encode()
 
 
+def test_a_job_is_canceled_on_its_server(tmp_path, cogs, callback, inputs):
+    server = cogs[0]
+    server.hold_webhooks.set()
+    with fleet(tmp_path, [server], callback) as client:
+        job = client.submit(*inputs, seed=8)
+        wait_for(lambda: running_on(client, job.key))
+        assert client.cancel(job).status == "canceled"
+        assert server.running == {}
+        with pytest.raises(ValueError, match="submit without a webhook"):
+            client.submit(*inputs, seed=9, webhook="https://app.example/hooks")
+        assert client.store.get(client.job_key(*inputs, {"seed": 9})) is None
+
+
 def test_a_server_that_never_answers_is_given_up(tmp_path, cogs, callback, inputs):
     dead, alive = cogs
     dead.stop()

@@ -111,10 +111,10 @@ class LipSyncClient:
         completed); `wait` holds the create request open up to that many seconds (sync mode).
         A fleet queues the job and dispatches it to a free server.
         """
-        normalised = validate(params)
-        key = self.job_key(video, audio, normalised)
-        inputs = lambda: {"video": self.backend.input_ref(video), "audio": self.backend.input_ref(audio), **normalised}
-        return self._start(key, inputs, webhook, wait)
+        if webhook and not self.backend.takes_webhooks:
+            raise ValueError("A fleet's servers send their webhooks to this client (callback_url): submit without a webhook.")
+        key, make_inputs = self._prepare(video, audio, params)
+        return self._start(key, make_inputs, webhook, wait)
 
     def get(self, job: Job) -> Job:
         """The job as it is now (asks Replicate only while it runs there)."""
@@ -123,9 +123,10 @@ class LipSyncClient:
             return job
         return self.backend.refresh(job)
 
-    def wait(self, job: Job, timeout: float | None = None) -> Job:
+    def wait(self, job: Job, timeout: float | None = None, make_inputs=None) -> Job:
         """Until the job finishes (TimeoutError after `timeout` s). Polls with growing intervals, and
-        takes the job over if its owner (another process) stopped looking after it."""
+        takes the job over if its owner (another process) stopped looking after it (with the
+        inputs `make_inputs()` gives, else those the job was created with)."""
         deadline = None if timeout is None else time.time() + timeout
         interval = self.poll_interval
         while True:
@@ -133,7 +134,7 @@ class LipSyncClient:
             if job.finished:
                 return job
             if not is_live(job, time.time(), self.store.claim_ttl_s) and job.input:
-                job = self._start(job.key, lambda: job.input)
+                job = self._start(job.key, make_inputs or (lambda: job.input))
             if deadline is not None and time.time() + interval > deadline:
                 raise TimeoutError(f"Job {job.key[:12]} is still {job.status} after {timeout} s.")
             self.backend.pause(job.key, interval)
@@ -147,9 +148,10 @@ class LipSyncClient:
 
     def run(self, video, audio, timeout: float | None = None, **params) -> RunResult:
         """Lip-sync and wait (Replicate: its sync mode first, then polling). Returns the downloaded video."""
-        job = self.submit(video, audio, wait=60, **params)
+        key, make_inputs = self._prepare(video, audio, params)
+        job = self._start(key, make_inputs, wait=60)
         if not job.finished:
-            job = self.wait(job, timeout)
+            job = self.wait(job, timeout, make_inputs)
         if job.status != "succeeded":
             raise LipSyncError(f"Job {job.key[:12]} {job.status}: {job.error or 'no error message'}", job)
         path = self._download(job)
@@ -161,6 +163,12 @@ class LipSyncClient:
         return self.backend.webhook_secret()
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _prepare(self, video, audio, params: dict):
+        """The job key, and how to make the prediction's inputs (uploads or URLs) when needed."""
+        normalised = validate(params)
+        key = self.job_key(video, audio, normalised)
+        return key, lambda: {"video": self.backend.input_ref(video), "audio": self.backend.input_ref(audio), **normalised}
 
     def _start(self, key: str, make_inputs, webhook=None, wait=False) -> Job:
         """The job of `key` if it is done or under way; else claim it and start its prediction.

@@ -70,6 +70,8 @@ class _Owned:
 class Fleet:
     """Runs jobs on Cog servers (see the module doc). Created by `LipSyncClient(servers=...)`."""
 
+    takes_webhooks = False  # its servers' webhooks go to this client's exchange
+
     def __init__(self, servers, store, folder, model="bytedance/latentsync", callback_url=None, listen=None, secret=None,
                  health_interval=5.0, lost_after_s=30.0, give_up_after_s=600.0, max_attempts=3, job_timeout_s=3 * 3600.0,
                  request_timeout_s=10.0):
@@ -95,10 +97,11 @@ class Fleet:
         return str(source) if is_url(source) else self.exchange.input_url(local_file(source))
 
     def start(self, job: Job, token: str, inputs: dict, webhook=None, wait=False) -> Job:
-        """Queue `token`'s claimed job; from here on the monitor refreshes its claim and dispatches it."""
+        """Queue `token`'s claimed job; from here on the monitor refreshes its claim and dispatches
+        it. A job taken over while it ran is first sent again to its server, to be adopted there."""
         resume = job.server is not None and job.attempt is not None
-        if not resume:
-            job = self.store.update(job.key, token, status="queued", input=inputs, prediction_id=job.key, error=None)
+        fresh = {} if resume else {"status": "queued", "prediction_id": job.key, "error": None}
+        job = self.store.update(job.key, token, input=inputs, **fresh)  # inputs this process serves
         with self._lock:
             self._owned[job.key] = _Owned(token, resume=resume, beat_at=time.time())
             self._queue.append(job.key)
