@@ -5,7 +5,7 @@ a server that holds an old copy of a job, a port that stops answering and comes 
 It speaks the parts of Cog's API the fleet uses, as the real one does (see
 tests/test_fleet.py for the real one): `GET /health-check` (READY or BUSY, and setup.started_at),
 `PUT /predictions/<id>` with `Prefer: respond-async` (202 `{"id", "status": "starting"}`, or the
-running prediction's state when the id is in flight, 409 when all slots are busy), webhooks
+running prediction's state when the id is in flight, 409 when all `slots` are busy), webhooks
 `start` and `completed` with `Authorization: Bearer <token>`, output uploaded with a PUT to
 `<upload_url>output.mp4` (the answer's Location becomes the output), `POST .../cancel` (200, or
 404 when not in flight). Its "model" fetches both inputs and returns a few bytes naming the
@@ -33,6 +33,7 @@ class FakeCog:
         self.puts: list[str] = []  # ids of every PUT it answered
         self.hold_webhooks = threading.Event()  # while set, completed predictions wait before their webhook
         self.slow_cancel = False  # answer a cancel with 200 but let the prediction run on (a worker slow to stop)
+        self.slots = 1  # COG_MAX_CONCURRENCY
         self._lock = threading.Lock()
         self._connections: set = set()
         self._port = port
@@ -68,7 +69,7 @@ class FakeCog:
 
     def health(self) -> dict:
         with self._lock:
-            return {"status": "BUSY" if self.running else "READY", "setup": {"started_at": self.boot, "status": "succeeded"}}
+            return {"status": "BUSY" if len(self.running) >= self.slots else "READY", "setup": {"started_at": self.boot, "status": "succeeded"}}
 
     def put(self, prediction_id: str, request: dict) -> tuple[int, dict]:
         with self._lock:
@@ -76,7 +77,7 @@ class FakeCog:
             if prediction_id in self.running:
                 record = self.running[prediction_id]
                 return 202, {"id": prediction_id, "input": record["input"], "logs": "", "metrics": {}, "status": record["status"]}
-            if self.running:
+            if len(self.running) >= self.slots:
                 return 409, {"error": "At capacity - all prediction slots busy", "status": "failed"}
             record = {"input": request["input"], "webhook": request.get("webhook"), "status": "starting", "boot": self.boot, "number": len(self.started)}
             self.running[prediction_id] = record

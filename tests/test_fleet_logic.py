@@ -104,13 +104,17 @@ def test_a_server_cut_off_and_back_runs_the_job_once_more_and_its_old_copy_count
 
 def test_an_old_copy_that_will_not_stop_is_not_adopted(tmp_path, cogs, callback, inputs):
     only = cogs[0]
-    only.slow_cancel, only.run_seconds = True, 2.0
+    only.slow_cancel, only.slots = True, 2  # a cancel is answered, but the copy runs on; a slot stays free
+    only.hold_webhooks.set()
     with fleet(tmp_path, [only], callback) as client:
         job = client.submit(*inputs, seed=4)
         wait_for(lambda: running_on(client, job.key))
         only.stop()
         wait_for(lambda: client.store.get(job.key).status == "queued", timeout=10)
-        only.start()  # answers again; its copy runs on despite the cancel, and a PUT would return it
+        only.start()  # answers again, READY, and a PUT returns its old copy: not adopted, canceled again
+        wait_for(lambda: only.puts.count(job.key) >= 3)
+        assert only.started == [job.key] and client.store.get(job.key).status in ("queued", "starting")  # adopted would be processing
+        only.hold_webhooks.clear()  # the old copy finishes (its webhook is stale), then a new one runs
         result = client.run(*inputs, seed=4)
     assert only.started == [job.key, job.key] and result.job.attempts == 2
     assert result.path.read_bytes() == f"output 1 of {job.key}".encode()  # the new dispatch's, not the old copy's
@@ -149,7 +153,7 @@ def test_a_job_is_canceled_on_its_server(tmp_path, cogs, callback, inputs):
 def test_a_server_that_never_answers_is_given_up(tmp_path, cogs, callback, inputs):
     dead, alive = cogs
     dead.stop()
-    with fleet(tmp_path, cogs, callback) as client:
+    with fleet(tmp_path, cogs, callback, give_up_after_s=2.0) as client:
         results = [client.run(*inputs, seed=seed) for seed in (6, 7)]
         wait_for(lambda: client.backend.servers[dead.url].retired, timeout=15)
     assert {r.job.server for r in results} == {alive.url}

@@ -60,7 +60,11 @@ class Exchange:
         self._digests: dict[tuple, str] = {}  # (path, size, mtime) -> sha256
         self._lock = threading.Lock()
         self._remove_orphans()
-        self.httpd = ThreadingHTTPServer(listen or ("127.0.0.1" if local else "0.0.0.0", parts.port or 80), _Handler)
+        address = listen or ("127.0.0.1" if local else "0.0.0.0", parts.port or 80)
+        try:
+            self.httpd = ThreadingHTTPServer(address, _Handler)
+        except OSError as error:
+            raise OSError(f"Cannot listen on {address[0]}:{address[1]} for the fleet's callbacks ({error.strerror}); is another client using this callback URL?") from None
         self.httpd.daemon_threads = True
         self.httpd.exchange = self
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="fleet-exchange")

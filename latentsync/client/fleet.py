@@ -211,7 +211,7 @@ class Fleet:
         """Cancel a dispatch on a server; until that is confirmed, the job is not sent there again
         (a PUT would adopt the old prediction, whose webhooks carry the old dispatch token)."""
         with self._lock:
-            self._abandoned[server_url].add(key)
+            self._abandoned.setdefault(server_url, set()).add(key)
         try:
             response = self.http.post(f"{server_url}/predictions/{key}/cancel")
         except httpx.HTTPError:
