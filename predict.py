@@ -6,10 +6,8 @@
 
 import asyncio
 import logging
-import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path as LocalPath
 from typing import Any
@@ -17,15 +15,15 @@ from typing import Any
 from cog import BaseRunner, Input, Path
 
 from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
+from latentsync.logs import configure_logging
 from latentsync.options import options_from_inputs
-from latentsync.denoise import default_device_and_dtype, load_unet
-from latentsync.pipeline import LipsyncPipeline
+from latentsync.progress import ProgressLog
+from latentsync.serving import ModelVersions
 from latentsync.validation import check_inputs
-from latentsync.weights import ensure_weights, load_manifest
 
 OUTPUT_MAX_AGE_S = 3600  # finished outputs are removed after this; Cog uploads them right after run()
 
-logging.basicConfig(level=logging.INFO, format="%(message)s")
+configure_logging()
 logger = logging.getLogger("latentsync")
 
 
@@ -37,29 +35,9 @@ def _input(name: str):
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Fetch (if needed) and load the default version's weights."""
-        started = time.perf_counter()
-        self.manifest = load_manifest()
-        self.device, self.dtype = default_device_and_dtype()
-        files = ensure_weights(DEFAULT_VERSION, manifest=self.manifest)
-        fetched = time.perf_counter()
-        self.pipelines = {DEFAULT_VERSION: LipsyncPipeline.from_files(files, device=self.device)}
-        self._loading = threading.Lock()
+        """Fetch (if needed) and load the default version's weights; others load on first use."""
+        self.models = ModelVersions(DEFAULT_VERSION)
         self._outputs = LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-"))
-        logger.info(
-            "setup: weights ready in %.1f s, models loaded in %.1f s on %s (%s), peak memory %.2f GB",
-            fetched - started, time.perf_counter() - fetched, self.device, self.dtype, _peak_rss_gb(),
-        )
-
-    def pipeline_for(self, version: str) -> LipsyncPipeline:
-        """The pipeline of a model version; a new version loads only its U-Net (and mask size),
-        sharing the VAE, Whisper, face detector and sync scorer with the loaded one."""
-        with self._loading:
-            if version not in self.pipelines:
-                files = ensure_weights(version, manifest=self.manifest)
-                loaded = self.pipelines[DEFAULT_VERSION]
-                self.pipelines[version] = loaded.for_version(files, load_unet(files, self.device, self.dtype))
-            return self.pipelines[version]
 
     async def run(
         self,
@@ -91,8 +69,10 @@ class Predictor(BaseRunner):
         folder = LocalPath(tempfile.mkdtemp(dir=self._outputs))
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await asyncio.to_thread(self.pipeline_for, version)
-        result = await asyncio.to_thread(pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work")
+        pipeline = await asyncio.to_thread(self.models.get, version)
+        result = await asyncio.to_thread(
+            pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work", progress=ProgressLog(logger.info),
+        )
         shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
@@ -107,6 +87,3 @@ class Predictor(BaseRunner):
             if time.time() - folder.stat().st_mtime > OUTPUT_MAX_AGE_S:
                 shutil.rmtree(folder, ignore_errors=True)
 
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -46,13 +46,14 @@ DEFAULT_MAX_BYTES = 20 * 1024**3
 def code_version() -> str:
     """A hash of the code and configs that shape outputs, computed once per process.
 
-    It covers every .py under latentsync/ except the Replicate client (latentsync/client/, which
-    only talks to a remote service) and every file under configs/. Being coarse is deliberate:
-    any edit there invalidates cached results, which is cheaper than serving a stale output.
+    It covers every .py under latentsync/ except the client (latentsync/client/, which only talks
+    to servers) and the web app (latentsync/app/, a page over the pipeline), and every file under
+    configs/. Being coarse is deliberate: any edit there invalidates cached results, which is
+    cheaper than serving a stale output.
     """
     digest = hashlib.sha256()
     package = REPO_ROOT / "latentsync"
-    sources = [p for p in package.rglob("*.py") if p.relative_to(package).parts[0] != "client"]
+    sources = [p for p in package.rglob("*.py") if p.relative_to(package).parts[0] not in ("client", "app")]
     configs = [p for p in (REPO_ROOT / "configs").rglob("*") if p.is_file()]
     for path in sorted(sources + configs):
         content = path.read_bytes()

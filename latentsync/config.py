@@ -85,11 +85,33 @@ SERVICE_INPUTS = {
     "return_report": InputSpec(bool, False, "Return {video, report} instead of just the video; the report lists what was regenerated and why."),
 }
 
+@dataclass(frozen=True)
+class Preset:
+    """Settings of the field for a kind of job, as the web app offers them."""
+
+    inputs: dict  # the service inputs it sets; the others keep their values
+    use: str  # when to choose it
+
+
+PRESETS = {
+    "draft": Preset({"inference_steps": 20, "guidance_scale": 1.5, "enable_deepcache": True}, "fastest: check framing and timing"),
+    "standard dub": Preset({"inference_steps": 25, "guidance_scale": 1.5, "enable_deepcache": True}, "most dubbing and presenter clips"),
+    "close-up": Preset({"inference_steps": 40, "guidance_scale": 1.5, "enable_deepcache": False}, "large faces, where detail shows"),
+    "weak sync": Preset({"inference_steps": 30, "guidance_scale": 2.0, "enable_deepcache": True}, "the mouth lags the audio; raise guidance up to 2.5"),
+}
+
 # ---- what the hosted service accepts (the library and the CLI take any length) ------------------
 
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_DURATION_S = 600.0
 MAX_FRAME_SIDE = 4096  # 4K (3840x2160 or 4096x2160), portrait or landscape
+
+# ---- the web app (python -m latentsync.app) -------------------------------------------------------
+
+APP_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 to serve the network
+APP_PORT = 7860  # Gradio's usual port
+DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/ and work/
+APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
 
 # ---- environment variables -----------------------------------------------------------------------
 
@@ -108,6 +130,11 @@ def weights_manifest() -> Path:
 def weights_base_url() -> str | None:
     """$LATENTSYNC_WEIGHTS_BASE_URL: replaces the scheme and host of every weight URL (mirrors)."""
     return os.environ.get("LATENTSYNC_WEIGHTS_BASE_URL") or None
+
+
+def compile_requested() -> bool:
+    """$LATENTSYNC_COMPILE=1: the service compiles the U-Net (and warms it up in setup)."""
+    return os.environ.get("LATENTSYNC_COMPILE", "0") == "1"
 
 
 def shared_dir() -> Path:

@@ -1,6 +1,6 @@
-"""The LatentSync diffusion model: loading its parts, and one 16-frame window through it.
+"""The LatentSync diffusion model: loading its parts, and 16-frame windows through it.
 
-The algorithm, as the official pipeline runs it:
+The algorithm, as the official pipeline runs it for one window:
 
 1. The aligned faces are normalised to [-1, 1]; the training mask blanks their lower half.
 2. The VAE encodes the masked faces and the full faces (the "reference") into latents.
@@ -9,34 +9,24 @@ The algorithm, as the official pipeline runs it:
    per-frame Whisper audio features; classifier-free guidance contrasts it with silent audio.
 4. The VAE decodes the result, and only the masked (mouth) region is kept: the rest of each face
    is pasted back from the input.
+
+`denoise_windows` takes several windows of the same length through step 3 as one batch; steps
+1, 2 and 4 still run window by window, so the random draws come in the same order and each
+window gets the result it gets alone. Random numbers are drawn on the CPU in float32 whatever
+the model's device and dtype, so a seed means the same noise on every machine.
 """
 
-from contextlib import contextmanager, nullcontext
-from types import SimpleNamespace
-
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 
 from .config import SCHEDULER_CONFIG_DIR, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, load_yaml
+from .device import to_device
 from .files import require_weight_file
 from .models.unet import UNet3DConditionModel
 
-
-def model_dtype(device) -> torch.dtype:
-    """float16 on CUDA GPUs of compute capability 8 or newer, float32 elsewhere (as the official)."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.float16
-    return torch.float32
-
-
-def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    """CUDA when available, else the CPU, with `model_dtype`."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, model_dtype(device)
+DEEPCACHE_INTERVAL = 3  # with DeepCache, every third step runs the whole U-Net (the official's setting)
 
 
 def load_unet(files, device="cpu", dtype=torch.float32) -> UNet3DConditionModel:
@@ -51,7 +41,7 @@ def load_scheduler() -> DDIMScheduler:
 
 def load_vae(vae_dir, device="cpu", dtype=torch.float32) -> AutoencoderKL:
     """The SD VAE (stabilityai/sd-vae-ft-mse) from a diffusers folder with config.json + safetensors."""
-    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, low_cpu_mem_usage=False)  # the small VAE needs no accelerate
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -60,6 +50,8 @@ def load_training_mask(path, resolution: int) -> torch.Tensor:
 
     White (1) keeps the input face, black (0) is regenerated. Resized with Lanczos like the official.
     """
+    import cv2  # only here: the model itself runs without OpenCV
+
     image = cv2.imread(str(require_weight_file(path, "The training mask")), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"The training mask {path} is not an image; run `python -m scripts.download_weights` to fetch it again.")
@@ -68,10 +60,17 @@ def load_training_mask(path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+def standard_normal(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws from `generator` (or torch's global one), made on the CPU in float32,
+    then moved to `like`'s device and dtype."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
+
+
 def encode_faces(vae: AutoencoderKL, pixels: torch.Tensor, generator=None, sample_posterior=True) -> torch.Tensor:
-    """VAE-encode (f, 3, H, W) pixels in [-1, 1] into scaled latents (1, 4, f, H/8, W/8)."""
+    """VAE-encode (f, 3, H, W) pixels in [-1, 1] into scaled latents (1, 4, f, H/8, W/8): a sample of
+    the posterior (official; mean + std x a standard normal draw), or its mean."""
     posterior = vae.encode(pixels).latent_dist
-    latents = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+    latents = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, posterior.mean) if sample_posterior else posterior.mode()
     latents = (latents - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR
     return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
@@ -89,35 +88,19 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, frames_per_batch: 
 
 def initial_noise(generator, latent_size: int, num_frames: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
     """The starting latents: ONE noise frame, repeated over the frames (1, 4, f, h, w), as the official draws it."""
-    noise = torch.randn((1, 4, 1, latent_size, latent_size), generator=generator, device=generator_device(generator, device), dtype=dtype)
-    return noise.to(device).repeat(1, 1, num_frames, 1, 1)
-
-
-def generator_device(generator, fallback):
-    return generator.device if generator is not None else fallback
-
-
-@contextmanager
-def deepcache(unet, scheduler, cache_interval: int = 3, cache_branch_id: int = 0):
-    """Reuse the U-Net's deep features between steps (DeepCache), as the official `--enable_deepcache` does.
-
-    Every `cache_interval`-th step runs the full U-Net; the steps between recompute only the
-    shallowest branch and reuse the cached deeper outputs. Wraps the module forwards for the
-    duration of the `with` block only.
-    """
-    from DeepCache import DeepCacheSDHelper
-
-    helper = DeepCacheSDHelper(pipe=SimpleNamespace(unet=unet, scheduler=scheduler))
-    helper.set_params(cache_interval=cache_interval, cache_branch_id=cache_branch_id)
-    helper.enable()
-    try:
-        yield helper
-    finally:
-        helper.disable()
+    noise = torch.randn((1, 4, 1, latent_size, latent_size), generator=generator, dtype=torch.float32)
+    return noise.to(device, dtype).repeat(1, 1, num_frames, 1, 1)
 
 
 @torch.no_grad()
-def denoise_window(
+def denoise_window(unet, vae: AutoencoderKL, scheduler: DDIMScheduler, faces: torch.Tensor, audio_embeds: torch.Tensor, mask: torch.Tensor, **settings) -> torch.Tensor:
+    """One window: (f, 3, H, W) uint8 faces and (f, 50, 384) audio features in, (f, 3, H, W)
+    faces in [-1, 1] out. `settings` as for `denoise_windows`."""
+    return denoise_windows(unet, vae, scheduler, faces[None], audio_embeds[None], mask, **settings)[0]
+
+
+@torch.no_grad()
+def denoise_windows(
     unet,
     vae: AutoencoderKL,
     scheduler: DDIMScheduler,
@@ -133,17 +116,19 @@ def denoise_window(
     split_guidance_batch: bool = False,
     decode_frames_per_batch: int | None = None,
 ) -> torch.Tensor:
-    """Regenerate the mouth region of one window of aligned faces to match its audio.
+    """Regenerate the mouth region of windows of aligned faces to match their audio.
 
     Args:
         unet: the LatentSync U-Net.
         vae, scheduler: the SD VAE and the DDIM scheduler.
-        faces: (f, 3, H, W) uint8 aligned face crops at the model resolution (f <= 16 usually).
-        audio_embeds: (f, 50, 384) Whisper features, one chunk per frame.
+        faces: (n, f, 3, H, W) uint8 aligned face crops at the model resolution: n windows of f frames.
+        audio_embeds: (n, f, 50, 384) Whisper features, one chunk per frame.
         mask: (3, H, W) training mask from `load_training_mask` (1 = keep, 0 = regenerate).
-        initial_latents: (1, 4, f, H/8, W/8) starting noise; drawn from `generator` when None.
-        generator: random source for the noise and the VAE posterior samples. Draw order as the
-            official: initial noise (if not given), masked-face latents, reference latents.
+        initial_latents: (1, 4, f, H/8, W/8) starting noise shared by the windows; when None,
+            each window draws its own from `generator`.
+        generator: a CPU generator for the noise and the VAE posterior samples. Draw order as the
+            official, window after window: initial noise (if not given), masked-face latents,
+            reference latents.
         sample_posterior: sample the VAE posterior (official) or take its mean (deterministic).
         enable_deepcache: reuse deep U-Net features between steps (interval 3, branch 0).
         split_guidance_batch: run the unconditional and audio branches as two U-Net passes instead
@@ -151,19 +136,26 @@ def denoise_window(
         decode_frames_per_batch: decode this many frames at a time (same result, less memory).
 
     Returns:
-        (f, 3, H, W) faces in [-1, 1]: decoded mouth region, input pixels elsewhere.
+        (n, f, 3, H, W) faces in [-1, 1]: decoded mouth region, input pixels elsewhere.
     """
     device, dtype = unet_device_dtype(unet)
-    if initial_latents is None:
-        initial_latents = initial_noise(generator, faces.shape[-1] // 8, len(faces), device, dtype)
-    pixels, conditioning = encode_window(vae, faces, mask, generator, sample_posterior, device, dtype)
+    starts, pixels, conditioning = [], [], []
+    for window in faces:
+        start = initial_latents if initial_latents is not None else initial_noise(generator, window.shape[-1] // 8, len(window), device, dtype)
+        window_pixels, window_conditioning = encode_window(vae, window, mask, generator, sample_posterior, device, dtype)
+        starts.append(start.to(device, dtype) * scheduler.init_noise_sigma)
+        pixels.append(window_pixels)
+        conditioning.append(window_conditioning)
     latents = denoising_loop(
-        unet, scheduler, initial_latents.to(device, dtype) * scheduler.init_noise_sigma, conditioning, audio_embeds.to(device, dtype),
-        num_inference_steps, guidance_scale, generator, enable_deepcache, split_guidance_batch,
+        unet, scheduler, torch.cat(starts), torch.cat(conditioning), audio_embeds.flatten(0, 1).to(device, dtype),
+        num_inference_steps, guidance_scale, enable_deepcache, split_guidance_batch,
     )
-    decoded = decode_latents(vae, latents.to(vae.dtype), decode_frames_per_batch).float()
     mask_full = mask[0:1].to(device, torch.float32)
-    return decoded * (1 - mask_full) + pixels * mask_full  # only the mouth region is new
+    results = []
+    for window_latents, window_pixels in zip(latents.split(1), pixels):
+        decoded = decode_latents(vae, window_latents.to(vae.dtype), decode_frames_per_batch).float()
+        results.append(decoded * (1 - mask_full) + window_pixels * mask_full)  # only the mouth region is new
+    return torch.stack(results)
 
 
 def encode_window(vae, faces: torch.Tensor, mask: torch.Tensor, generator, sample_posterior: bool, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,44 +172,39 @@ def encode_window(vae, faces: torch.Tensor, mask: torch.Tensor, generator, sampl
     return pixels, torch.cat([mask_latents.to(dtype), masked_latents.to(dtype), reference_latents.to(dtype)], dim=1)
 
 
-def denoising_loop(unet, scheduler, latents, conditioning, audio_embeds, num_inference_steps, guidance_scale, generator,
+def denoising_loop(unet, scheduler, latents, conditioning, audio_embeds, num_inference_steps, guidance_scale,
                    enable_deepcache=False, split_guidance_batch=False) -> torch.Tensor:
-    """Step 3: DDIM from `latents` (already scaled by the scheduler's initial sigma), with
-    classifier-free guidance against silent audio when `guidance_scale` > 1."""
+    """Step 3: DDIM from `latents` (n, 4, f, h, w), already scaled by the scheduler's initial sigma,
+    with classifier-free guidance against silent audio when `guidance_scale` > 1.
+
+    The scheduler works on the CPU with the timesteps as Python numbers and the U-Net reads them
+    from one copy on its device, so no step waits for the GPU.
+    """
     do_guidance = guidance_scale > 1.0
     if do_guidance:
         audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # unconditional first
         conditioning = torch.cat([conditioning, conditioning])
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
-    branch_caches = [{}, {}]  # DeepCache state per guidance branch when they run as separate passes
-    with deepcache(unet, scheduler) if enable_deepcache else nullcontext() as cache_helper:
-        for t in scheduler.timesteps:
-            latent_input = torch.cat([latents, latents]) if do_guidance else latents
-            latent_input = scheduler.scale_model_input(latent_input, t)
-            unet_input = torch.cat([latent_input, conditioning], dim=1)
-            if do_guidance and split_guidance_batch:
-                noise_pred = _predict_noise_in_two_passes(unet, unet_input, t, audio_embeds, cache_helper, branch_caches)
-            else:
-                noise_pred = unet(unet_input, t, encoder_hidden_states=audio_embeds).sample
-            if do_guidance:
-                noise_uncond, noise_audio = noise_pred.chunk(2)
-                noise_pred = noise_uncond + guidance_scale * (noise_audio - noise_uncond)
-            latents = scheduler.step(noise_pred, t, latents, eta=0.0, generator=generator).prev_sample
+    scheduler.set_timesteps(num_inference_steps)
+    on_device = to_device(scheduler.timesteps, latents.device)
+    passes = 2 if do_guidance and split_guidance_batch else 1
+    deep_features = [None] * passes  # DeepCache: per guidance branch when they run as separate passes
+    for step, t in enumerate(scheduler.timesteps.tolist()):
+        refresh = not enable_deepcache or step % DEEPCACHE_INTERVAL == 0
+        latent_input = scheduler.scale_model_input(torch.cat([latents, latents]) if do_guidance else latents, t)
+        unet_inputs = torch.cat([latent_input, conditioning], dim=1).chunk(passes)
+        outputs = []
+        for k, (unet_input, audio) in enumerate(zip(unet_inputs, audio_embeds.chunk(passes))):
+            output = unet(unet_input, on_device[step], encoder_hidden_states=audio,
+                          deep_features=None if refresh else deep_features[k], return_deep_features=enable_deepcache and refresh)
+            if enable_deepcache and refresh:
+                deep_features[k] = output.deep_features
+            outputs.append(output.sample)
+        noise_pred = torch.cat(outputs) if passes > 1 else outputs[0]
+        if do_guidance:
+            noise_uncond, noise_audio = noise_pred.chunk(2)
+            noise_pred = noise_uncond + guidance_scale * (noise_audio - noise_uncond)
+        latents = scheduler.step(noise_pred, t, latents, eta=0.0).prev_sample
     return latents
-
-
-def _predict_noise_in_two_passes(unet, unet_input, t, audio_embeds, cache_helper, branch_caches) -> torch.Tensor:
-    """The guidance batch as two U-Net passes (unconditional, then audio): half the activation memory.
-
-    With DeepCache on, each branch must reuse its own cached features, so the helper's cache is
-    swapped per pass (its wrapped forwards read `cached_output` at call time).
-    """
-    outputs = []
-    for branch_input, branch_audio, cache in zip(unet_input.chunk(2), audio_embeds.chunk(2), branch_caches):
-        if cache_helper is not None:
-            cache_helper.cached_output = cache
-        outputs.append(unet(branch_input, t, encoder_hidden_states=branch_audio).sample)
-    return torch.cat(outputs)
 
 
 def unet_device_dtype(unet) -> tuple[torch.device, torch.dtype]:

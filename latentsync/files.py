@@ -42,7 +42,7 @@ def require_weight_file(path, what: str) -> Path:
     to get it. `what` names it, e.g. "Whisper checkpoint"."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found at {path}: run `python -m scripts.download_weights` or pass its path.")
+        raise FileNotFoundError(f"{what} was not found at {path}: run `python -m scripts.download_weights` or pass its path.")
     return path
 
 

@@ -23,10 +23,14 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from .audio import AudioEncoder, silent_spans
+import numpy as np
+import torch
+
+from .audio import AudioEncoder, frame_chunks, silent_spans
 from .cache import ResultCache, cache_key, place
-from .config import AUDIO_SAMPLE_RATE
-from .denoise import default_device_and_dtype, denoise_window, load_scheduler, load_training_mask, load_unet, load_vae, model_dtype
+from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
+from .denoise import DEEPCACHE_INTERVAL, denoise_windows, load_scheduler, load_training_mask, load_unet, load_vae
+from .device import auto_windows_per_batch, default_device, model_dtype
 from .face.detect import FaceDetection, FaceDetector, create_detector
 from .face.track import build_tracks, choose_speaker
 from .files import job_folder, write_json_atomically
@@ -59,47 +63,61 @@ class LipsyncPipeline:
         sync_scorer: optional `latentsync.sync.SyncNetScorer` for sync confidence.
         version: the model version, for reports and result-cache keys.
         cache: optional `latentsync.cache.ResultCache` answering repeated requests from disk.
-        denoiser: runs one window (`latentsync.denoise.denoise_window` or the same signature).
+        denoiser: runs windows (`latentsync.denoise.denoise_windows` or the same signature).
+        windows_per_batch: windows per U-Net call (the same output as one at a time); None: 1 on
+            the CPU, on CUDA what fits (`latentsync.device.auto_windows_per_batch`).
+        compile_unet: `torch.compile` the U-Net (one graph for full steps, one for DeepCache's
+            shallow steps; shapes settle after the first windows).
     """
 
     def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
-                 sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None, denoiser=denoise_window):
+                 sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
+                 denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False):
         self.unet, self.vae, self.scheduler, self.mask, self.resolution = unet, vae, scheduler, mask, resolution
         self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
-        self.version, self.cache, self.denoiser = version, cache, denoiser
-        self.model_lock = threading.Lock()  # one window at a time: the scheduler and DeepCache keep per-window state
+        self.version, self.cache, self.denoiser, self.compile_unet = version, cache, denoiser, compile_unet
+        self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
+        if compile_unet:
+            unet.compile(fullgraph=True)
+        self.model_lock = threading.Lock()  # one batch at a time: the scheduler keeps per-batch state
 
     @classmethod
-    def from_files(cls, files, device=None, face_detector="auto", unet=None, sync_scorer=None, **settings) -> "LipsyncPipeline":
+    def from_files(cls, files, device=None, face_detector="auto", unet=None, sync_scorer=None, precision=None, **settings) -> "LipsyncPipeline":
         """Load every component from weight files (a `latentsync.weights.ModelFiles`).
 
-        `unet` may be passed in already loaded (to switch versions keeping the rest); the SyncNet
-        scorer is loaded from `files.syncnet` when that file exists and none is given; `settings`
-        (cache, denoiser) go to the constructor.
+        `device` defaults to CUDA when there is one; `precision` ("float32", "float16",
+        "bfloat16") to float16 on recent GPUs and float32 elsewhere. `unet` may be passed in already
+        loaded (to switch versions keeping the rest); the SyncNet scorer is loaded from
+        `files.syncnet` when that file exists and none is given; `settings` (cache, denoiser,
+        windows_per_batch, compile_unet) go to the constructor.
         """
-        device, dtype = default_device_and_dtype() if device is None else (device, model_dtype(device))
+        device = torch.device(device) if device is not None else default_device()
+        dtype = model_dtype(device, precision)
         if sync_scorer is None and files.syncnet and Path(files.syncnet).exists():
             sync_scorer = SyncNetScorer(files.syncnet, device=device)
         return cls(
-            unet=unet or load_unet(files, device, dtype),
-            vae=load_vae(files.vae_dir, device=device, dtype=dtype),
-            scheduler=load_scheduler(),
-            audio_encoder=AudioEncoder(files.whisper, device=device),
-            face_detector=create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
-            mask=load_training_mask(files.mask, files.resolution),
-            resolution=files.resolution,
-            sync_scorer=sync_scorer,
-            version=files.version,
-            **settings,
+            unet or load_unet(files, device, dtype), load_vae(files.vae_dir, device=device, dtype=dtype), load_scheduler(),
+            AudioEncoder(files.whisper, device=device), create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
+            load_training_mask(files.mask, files.resolution), files.resolution, sync_scorer=sync_scorer, version=files.version, **settings,
         )
 
     def for_version(self, files, unet) -> "LipsyncPipeline":
-        """A pipeline for another model version: its own U-Net, resolution and mask, sharing this
-        one's VAE, audio encoder, face detector, sync scorer, cache and denoiser."""
+        """A pipeline for another model version: its own U-Net, resolution, mask and batch size,
+        sharing this one's VAE, audio encoder, face detector, sync scorer, cache and settings."""
         return LipsyncPipeline(
             unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
             files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
+            compile_unet=self.compile_unet,
         )
+
+    def warm_up(self) -> None:
+        """Run the model once on a batch of blank windows, DeepCache on, so that compiling the
+        U-Net (and CUDA's first-call set-up) happens now rather than in the first job."""
+        audio = frame_chunks(self.audio_encoder.features(np.zeros(AUDIO_SAMPLE_RATE, np.float32)), 0, FRAMES_PER_WINDOW)
+        faces = torch.zeros(self.windows_per_batch, FRAMES_PER_WINDOW, 3, self.resolution, self.resolution, dtype=torch.uint8)
+        with self.model_lock:
+            self.denoiser(self.unet, self.vae, self.scheduler, faces, audio.expand(self.windows_per_batch, -1, -1, -1), self.mask,
+                          num_inference_steps=DEEPCACHE_INTERVAL + 1, enable_deepcache=True, generator=torch.Generator().manual_seed(0))
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
                  progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LipsyncResult:

@@ -2,9 +2,9 @@
 
 Two threads share the work:
 
-- a worker walks the plan's generated spans in order: it decodes and aligns their frames,
-  denoises them window by window (recovering from running out of GPU memory), scores each span's
-  sync, applies the sync policy, and hands the windows over through a small queue;
+- a worker walks the plan's generated spans in order: it has their windows denoised (aligned,
+  batched and recovered from running out of GPU memory in `latentsync.windows`), scores each
+  span's sync, applies the sync policy, and hands the windows over through a small queue;
 - the calling thread decodes the whole video again, pastes each new mouth back, blends it in where
   regenerated and original frames meet, and encodes, frame by frame, in order.
 
@@ -12,7 +12,6 @@ Rendering leaves the plan as it was: it returns what happened to each generated 
 (`SpanOutcome`), from which the report is made.
 """
 
-import logging
 import queue
 import threading
 from collections import deque
@@ -24,9 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from .audio import AudioFeatures, frame_chunks
-from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
-from .denoise import initial_noise, unet_device_dtype
+from .audio import AudioFeatures
+from .config import AUDIO_SAMPLE_RATE
 from .face.align import FaceAligner
 from .media.decode import frames_in_order
 from .media.encode import VideoWriter
@@ -34,24 +32,11 @@ from .media.probe import MediaInfo
 from .options import LipsyncOptions
 from .planner import BLEND_FRAMES, Action, Plan, Span, blend_weight, windows_for
 from .progress import ProgressCallback, notify, raise_if_cancelled
-
-logger = logging.getLogger("latentsync")
+from .windows import JobWindows, SpanCrops, WindowResult, hand_over
 
 WINDOWS_AHEAD = 4  # how far the worker may run ahead of the writer
 LOW_SYNC_GUIDANCE_STEP = 0.5  # a span regenerated for low sync confidence gets this much more guidance
 SYNCNET_INPUT_SIZE = 224
-# When memory runs out in a window: the same arithmetic with less memory, in this order.
-MEMORY_SAVERS = ({}, {"split_guidance_batch": True}, {"split_guidance_batch": True, "decode_frames_per_batch": 1})
-
-
-@dataclass
-class WindowResult:
-    """Regenerated faces (n, 3, R, R) in [-1, 1] for the output frames `frames`; None if generation
-    failed (the frames keep their original picture)."""
-
-    frames: range
-    faces: torch.Tensor | None
-    error: str = ""
 
 
 @dataclass
@@ -72,16 +57,17 @@ class RenderResult:
 
 
 class Models(Protocol):
-    """What rendering needs of the pipeline: the models, and the lock that keeps one window at a
-    time on them (`LipsyncPipeline` is one)."""
+    """What rendering needs of the pipeline: the models, how many windows share a U-Net call, and
+    the lock that keeps one batch at a time on them (`LipsyncPipeline` is one)."""
 
     unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
     mask: torch.Tensor
     resolution: int
-    denoiser: Callable[..., torch.Tensor]  # denoise.denoise_window or the same signature
+    denoiser: Callable[..., torch.Tensor]  # denoise.denoise_windows or the same signature
     sync_scorer: object | None  # sync.SyncNetScorer
+    windows_per_batch: int
     model_lock: threading.Lock
 
 
@@ -94,11 +80,7 @@ class Renderer:
         self.models, self.plan, self.options = models, plan, options
         self.audio_features, self.audio_samples = audio_features, audio_samples
         self.progress, self.cancel = progress, cancel
-        device, dtype = unet_device_dtype(models.unet)
-        self.generator = torch.Generator(device=device).manual_seed(options.seed)
-        # One noise frame for the whole video, drawn first, as the official does.
-        self.noise = initial_noise(self.generator, models.resolution // 8, FRAMES_PER_WINDOW, device, dtype)
-        self.windows_denoised = self.unet_window_steps = 0  # counted by the worker
+        self.windows: JobWindows | None = None  # the worker's denoising state, made by run()
         self._windows_planned = sum(len(windows_for(span)) for span in plan.generated_spans)
         self._windows_settled = 0  # windows of the spans the writer has finished
         self._results = queue.Queue(maxsize=WINDOWS_AHEAD)
@@ -106,7 +88,10 @@ class Renderer:
 
     def run(self, video_path, audio_path, output_path, info: MediaInfo, work_dir) -> RenderResult:
         """Write the lip-synced video to `output_path` (it appears only when complete)."""
-        worker = threading.Thread(target=self._generate, args=(video_path, info), daemon=True)
+        spans_frames = [k for span in self.plan.generated_spans for k in range(span.start, span.end)]
+        crops = SpanCrops(self.plan, lambda: frames_in_order(video_path, self.plan.fps, self.plan.source_frames[spans_frames], info=info), self.models.resolution)
+        self.windows = JobWindows(self.models, self.plan, self.options, self.audio_features, crops, self.cancel)
+        worker = threading.Thread(target=self._generate, daemon=True)
         worker.start()
         try:
             writer = VideoWriter(output_path, info.width, info.height, self.plan.fps, audio_path=audio_path, crf=self.options.crf, work_dir=work_dir)
@@ -115,7 +100,7 @@ class Renderer:
         finally:
             self._stop.set()
             worker.join()
-        return RenderResult(outcomes, self.windows_denoised, self.unet_window_steps)
+        return RenderResult(outcomes, self.windows.windows_denoised, self.windows.unet_window_steps)
 
     # ---- the calling thread: compose and encode -------------------------------------------------
 
@@ -167,31 +152,32 @@ class Renderer:
 
     # ---- the worker thread: denoise ---------------------------------------------------------------
 
-    def _generate(self, video_path, info: MediaInfo) -> None:
+    def _generate(self) -> None:
         """Regenerate the planned spans in order; the writer reads the results from the queue."""
         try:
-            spans = self.plan.generated_spans
-            wanted = [k for span in spans for k in range(span.start, span.end)]
-            aligner = FaceAligner(self.models.resolution)
-            with closing(frames_in_order(video_path, self.plan.fps, self.plan.source_frames[wanted], info=info)) as frames:
-                for span in spans:
-                    crops = np.stack([aligner.model_input(next(frames), self.plan.affines[self.plan.source_frames[k]]) for k in range(span.start, span.end)])
-                    if not self._generate_span(span, crops):
-                        return
+            for span in self.plan.generated_spans:
+                carried_on = self._generate_span(span)
+                self.windows.crops.release(span)
+                if not carried_on:
+                    return
         except BaseException as error:  # re-raised in the writer's thread
             self._emit(error)
+        finally:
+            self.windows.crops.close()
 
-    def _generate_span(self, span: Span, crops: np.ndarray) -> bool:
+    def _generate_span(self, span: Span) -> bool:
         """Regenerate one span and send its windows, then its outcome, to the writer.
 
         With a sync threshold the windows are held back until the span is scored, so that a low
-        score can still be regenerated or passed through. False once the writer has stopped.
+        score can still be regenerated or passed through (and, so that the regenerated windows
+        draw their random numbers where they would one window at a time, the span's windows are
+        batched among themselves only). False once the writer has stopped.
         """
         scorer, threshold = self.models.sync_scorer, self.options.min_sync_confidence
         hold = threshold is not None and scorer is not None
         held, for_scoring, failed = [], [], []
         for window in windows_for(span):
-            result = self._denoise(window, span, crops, self.options.guidance_scale)
+            result = self.windows.result(span, window, across_spans=not hold)
             if result.faces is None:
                 if hold:
                     return self._emit(SpanOutcome(span, Action.PASSTHROUGH, {"reason": f"generation failed: {result.error}"}))
@@ -207,13 +193,13 @@ class Renderer:
             details["low_sync"] = {"confidence": details["sync_confidence"], "threshold": threshold, "action": self.options.low_sync_action}
             if self.options.low_sync_action == "passthrough":
                 return self._emit(SpanOutcome(span, Action.PASSTHROUGH, {**details, "reason": "sync confidence below min_sync_confidence"}))
-            held = self._regenerate(span, crops, held, details)
+            held = self._regenerate(span, held, details)
         return all(self._emit(result) for result in held) and self._emit(SpanOutcome(span, Action.GENERATED, details, failed))
 
-    def _regenerate(self, span: Span, crops: np.ndarray, held: list[WindowResult], details: dict) -> list[WindowResult]:
+    def _regenerate(self, span: Span, held: list[WindowResult], details: dict) -> list[WindowResult]:
         """A span scored below the threshold, once more with more guidance; kept if every window works."""
         guidance = self.options.guidance_scale + LOW_SYNC_GUIDANCE_STEP
-        retry = [self._denoise(window, span, crops, guidance) for window in windows_for(span)]
+        retry = self.windows.redo(span, guidance)
         if any(result.faces is None for result in retry):
             return held
         details.update(
@@ -223,44 +209,6 @@ class Renderer:
         )
         return retry
 
-    def _denoise(self, window: range, span: Span, crops: np.ndarray, guidance: float) -> WindowResult:
-        """One window; a failure is logged and the window keeps its original frames."""
-        raise_if_cancelled(self.cancel)
-        local = slice(window.start - span.start, window.stop - span.start)
-        faces = torch.from_numpy(crops[local]).permute(0, 3, 1, 2)
-        audio = frame_chunks(self.audio_features, window.start, len(window), self.plan.fps)
-        try:
-            generated = self._denoise_with_recovery(faces, audio, guidance, self.noise[:, :, : len(window)])
-        except Exception as error:
-            start_s, end_s = window.start / self.plan.fps, window.stop / self.plan.fps
-            logger.error("generation failed for %.2f-%.2f s: %s", start_s, end_s, error)
-            return WindowResult(window, None, f"{start_s:.2f}-{end_s:.2f} s: {error}")
-        self.windows_denoised += 1
-        self.unet_window_steps += self.options.num_inference_steps
-        return WindowResult(window, generated)
-
-    def _denoise_with_recovery(self, faces: torch.Tensor, audio: torch.Tensor, guidance: float, noise: torch.Tensor) -> torch.Tensor:
-        """Denoise a window; when memory runs out, retry with less, reproducing the same result."""
-        models, state = self.models, self.generator.get_state()
-        for attempt, memory_savers in enumerate(MEMORY_SAVERS, start=1):
-            self.generator.set_state(state)
-            try:
-                with models.model_lock:
-                    return models.denoiser(
-                        models.unet, models.vae, models.scheduler, faces, audio, models.mask,
-                        num_inference_steps=self.options.num_inference_steps,
-                        guidance_scale=guidance,
-                        initial_latents=noise,
-                        generator=self.generator,
-                        enable_deepcache=self.options.enable_deepcache,
-                        **memory_savers,
-                    ).cpu()
-            except torch.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                logger.warning("out of memory (attempt %d of %d, %s)", attempt, len(MEMORY_SAVERS), memory_savers or "one batch")
-        raise RuntimeError("out of GPU memory even with split guidance passes and frame-by-frame VAE decoding")
-
     def _score(self, span: Span, scored_faces: list[np.ndarray]) -> float | None:
         first = round(span.start / self.plan.fps * AUDIO_SAMPLE_RATE)
         last = round(span.end / self.plan.fps * AUDIO_SAMPLE_RATE)
@@ -268,14 +216,8 @@ class Renderer:
         return None if score is None else round(score.confidence, 3)
 
     def _emit(self, item) -> bool:
-        """Hand an item to the writer, waiting while the queue is full; False once it has stopped."""
-        while not self._stop.is_set():
-            try:
-                self._results.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        """Hand an item to the writer; False once it has stopped."""
+        return hand_over(self._results, item, self._stop)
 
 
 class Blender:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from latentsync.config import REPO_ROOT
+from latentsync.config import REPO_ROOT, shared_dir
 
 OUT = REPO_ROOT / "bench"
-SHARED_ASSETS = REPO_ROOT.parent / "shared" / "assets"
-FLOPS_PER_WINDOW_STEP = {256: 8.1e12, 512: 35.3e12}  # U-Net, 16 frames, guidance batch of 2
+SHARED_ASSETS = shared_dir() / "assets"
 
 
 def run_json(*args) -> dict:
@@ -125,8 +124,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
     gpu = results.get("gpu")
     if gpu:
-        for name, value in gpu.items():
-            lines.append(f"| {name} | {value} |")
+        lines += gpu_rows(gpu)
     else:
         lines.append(
             "| GPU seconds per output second (estimate, not measured) | one window step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance: "
@@ -134,6 +132,28 @@ def markdown(results: dict) -> str:
             "about 0.6 and 2.8 s per output second before DeepCache |"
         )
     return "\n".join(lines) + "\n"
+
+
+def gpu_rows(gpu: dict) -> list[str]:
+    """The GPU table's rows: per version and execution model, DeepCache off and on."""
+    lines = [f"| dense fp16 GEMM, {gpu['device']} (this run) | {gpu['dense_fp16_gemm_tflops']} TFLOP/s |"]
+    for version in ("1.5", "1.6"):
+        for name, row in gpu.get(version, {}).items():
+            if isinstance(row, dict):
+                lines.append(
+                    f"| {version}, {name}, {gpu['steps']} steps, {row['windows_per_call']} window(s) per call | {row['seconds_per_window_step']} s per window-step, "
+                    f"{row['gpu_seconds_per_output_second']} GPU s per output s, {row['achieved_tflops']} TFLOP/s "
+                    f"({100 * row['utilisation_of_dense_rate']:.0f}% of dense), peak VRAM {row['peak_vram_gb']} GB |"
+                )
+        if version in gpu:
+            lines.append(f"| {version}, ours / official (DeepCache on) | {gpu[version]['ours_over_official_deepcache_on']}x the GPU seconds |")
+    job = gpu.get("whole_job_60s_1.6")
+    if job:
+        lines.append(
+            f"| 1.6 whole job, 60 s clip | {job['wall_s']} s: {job['whole_job_over_unet']}x its U-Net time, {job['whole_job_over_model']}x its model time; "
+            f"analysis (decode + detection) {100 * job['analysis_share']:.0f}% |"
+        )
+    return lines
 
 
 def plots(results: dict) -> None:
@@ -175,7 +195,7 @@ def main(argv=None) -> int:
             results["memory"] = run_json("scripts.benchmark_pipeline", "--memory", "10", "60", "300")
         elif section == "unet":
             results["unet"] = run_json("scripts.benchmark_unet", "--resolution", "256", "--repeats", "2", "--deepcache-step")
-            reference = REPO_ROOT.parent / "shared" / "reference"
+            reference = shared_dir() / "reference"
             results["unet_tiny_window"] = run_json(
                 "scripts.benchmark_unet", "--config", str(reference / "unet_tiny.yaml"), "--checkpoint", str(reference / "unet_tiny.pt"), "--resolution", "64", "--window-steps", "20"
             )
@@ -184,10 +204,7 @@ def main(argv=None) -> int:
         elif section == "setup":
             results["setup"] = cold_setup()
         elif section == "gpu" and torch.cuda.is_available():
-            results["gpu"] = {
-                f"{torch.cuda.get_device_name()}: U-Net step at {res} px, fp16": f"{run_json('scripts.benchmark_unet', '--resolution', str(res), '--dtype', 'float16')['seconds_per_step']} s"
-                for res in (256, 512)
-            }
+            results["gpu"] = run_json("scripts.benchmark_gpu")
     results["machine"] = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     path.write_text(json.dumps(results, indent=2))
     (OUT / "benchmark.md").write_text(markdown(results))

@@ -21,15 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from latentsync.config import shared_dir
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import create_detector
-from latentsync.options import LipsyncOptions
-from latentsync.pipeline import LipsyncPipeline
 from latentsync.media.decode import read_frames
 from latentsync.media.encode import VideoWriter
+from latentsync.options import LipsyncOptions
+from latentsync.pipeline import LipsyncPipeline
 from tests.media import tiny_files
 
-SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+SHARED_ASSETS = shared_dir() / "assets"
 
 
 def official_restore(frame: np.ndarray, face: torch.Tensor, affine: np.ndarray) -> np.ndarray:

@@ -1,14 +1,15 @@
 """Time the full-size LatentSync U-Net: one denoising step of one 16-frame window with
-classifier-free guidance (a batch of 2), random weights. Optionally a whole window of steps with
-and without DeepCache.
+classifier-free guidance (a batch of 2), random weights. Optionally DeepCache's shallow step and
+a whole window of steps with and without DeepCache.
 
     python -m scripts.benchmark_unet --resolution 256 --json unet.json
     python -m scripts.benchmark_unet --resolution 256 --window-steps 20   # DeepCache saving
+
+`scripts/benchmark_gpu.py` measures the GPU serving path.
 """
 
 import argparse
 import json
-from contextlib import nullcontext
 import resource
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 import torch
 
 from latentsync.config import FRAMES_PER_WINDOW, load_yaml
-from latentsync.denoise import deepcache, load_scheduler
+from latentsync.denoise import DEEPCACHE_INTERVAL, denoising_loop, load_scheduler
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.weights import load_manifest
 
@@ -37,7 +38,51 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-@torch.no_grad()
+class StepTimer:
+    """Times guided U-Net steps on one window of random inputs."""
+
+    def __init__(self, unet, resolution: int):
+        self.unet = unet
+        dtype, self.device = unet.dtype, unet.device
+        generator = torch.Generator().manual_seed(1)
+        latent = resolution // 8
+        self.sample = torch.randn(2, 13, FRAMES_PER_WINDOW, latent, latent, generator=generator).to(self.device, dtype)
+        self.audio = torch.randn(2 * FRAMES_PER_WINDOW, 50, 384, generator=generator).to(self.device, dtype)
+
+    @torch.no_grad()
+    def step(self, t: int = 500, **deepcache) -> tuple[float, torch.Tensor | None]:
+        """Seconds for one step (`deepcache`: the U-Net's deep_features/return_deep_features), and the deep features."""
+        tick = time.perf_counter()
+        output = self.unet(self.sample, torch.tensor(t, device=self.device), encoder_hidden_states=self.audio, **deepcache)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - tick, output.deep_features
+
+    def deepcache_step(self, steps: int = 20) -> dict:
+        """A step between DeepCache refreshes runs only the shallowest path; the saving over `steps`."""
+        full, features = self.step(500, return_deep_features=True)
+        shallow, _ = self.step(480, deep_features=features)
+        refreshes = -(-steps // DEEPCACHE_INTERVAL)  # steps 0, 3, ..., 18
+        saving = 1 - (refreshes * full + (steps - refreshes) * shallow) / (steps * full)
+        return {"seconds_per_cached_step": round(shallow, 2), f"deepcache_saving_{steps}_steps": round(saving, 3)}
+
+    @torch.no_grad()
+    def window(self, steps: int) -> dict:
+        """A real DDIM loop over the window (guidance 1.5), with and without DeepCache, so that
+        DeepCache's error accumulates as it would."""
+        results, outputs = {}, {}
+        latents, conditioning, audio = self.sample[:1, :4], self.sample[:1, 4:], self.audio[:FRAMES_PER_WINDOW]
+        for cached in (False, True):
+            tick = time.perf_counter()
+            outputs[cached] = denoising_loop(self.unet, load_scheduler(), latents, conditioning, audio, steps, 1.5, enable_deepcache=cached).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            results[f"window_s_{'deepcache' if cached else 'plain'}"] = round(time.perf_counter() - tick, 1)
+        results["deepcache_saving"] = round(1 - results["window_s_deepcache"] / results["window_s_plain"], 3)
+        results["deepcache_relative_difference"] = round(((outputs[False] - outputs[True]).norm() / outputs[False].norm()).item(), 4)
+        return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=256, help="face size in pixels (latents are 1/8)")
@@ -53,75 +98,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     config = args.config or load_manifest().versions["1.5" if args.resolution <= 256 else "1.6"].unet_config
-    latent = args.resolution // 8
 
     started = time.perf_counter()
-    unet = random_unet(config, dtype, device)
+    unet = random_unet(config, getattr(torch, args.dtype), torch.device(args.device))
     if args.checkpoint:
-        unet.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=True)["state_dict"], strict=True)
-    results = {
-        "config": str(config),
-        "resolution": args.resolution,
-        "dtype": args.dtype,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "build_s": round(time.perf_counter() - started, 1),
-    }
-    generator = torch.Generator().manual_seed(1)
-    sample = torch.randn(2, 13, FRAMES_PER_WINDOW, latent, latent, generator=generator).to(device, dtype)
-    audio = torch.randn(2 * FRAMES_PER_WINDOW, 50, 384, generator=generator).to(device, dtype)
-
-    def step(t=500):
-        out = unet(sample, torch.tensor(t), encoder_hidden_states=audio).sample
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    step()  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        tick = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - tick)
-    results["seconds_per_step"] = round(min(times), 2)
-    results["seconds_per_step_all"] = [round(t, 2) for t in times]
-
+        unet.load_state_dict(torch.load(args.checkpoint, map_location=args.device, weights_only=True)["state_dict"], strict=True)
+    results = {"config": str(config), "resolution": args.resolution, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads()}
+    results["build_s"] = round(time.perf_counter() - started, 1)
+    timer = StepTimer(unet, args.resolution)
+    timer.step()  # warm-up
+    times = [timer.step()[0] for _ in range(args.repeats)]
+    results.update(seconds_per_step=round(min(times), 2), seconds_per_step_all=[round(t, 2) for t in times])
     if args.deepcache_step:
-        # A step between DeepCache refreshes runs only the shallowest branch of the U-Net.
-        scheduler = load_scheduler()
-        scheduler.set_timesteps(20)
-        with deepcache(unet, scheduler):
-            step(int(scheduler.timesteps[0]))  # a full step fills the cache
-            tick = time.perf_counter()
-            step(int(scheduler.timesteps[1]))
-            shallow = time.perf_counter() - tick
-        full = results["seconds_per_step"]
-        results["seconds_per_cached_step"] = round(shallow, 2)
-        refreshes = -(-20 // 3)  # interval 3: steps 0, 3, ..., 18
-        results["deepcache_saving_20_steps"] = round(1 - (refreshes * full + (20 - refreshes) * shallow) / (20 * full), 3)
+        results.update(timer.deepcache_step())
     if args.window_steps:
-        # A real DDIM loop over the window (guidance 1.5), so DeepCache's error accumulates as it would.
-        outputs = {}
-        for cached in (False, True):
-            scheduler = load_scheduler()
-            scheduler.set_timesteps(args.window_steps)
-            latents, conditions = sample[:1, :4], sample[:1, 4:]
-            tick = time.perf_counter()
-            with deepcache(unet, scheduler) if cached else nullcontext():
-                for t in scheduler.timesteps:
-                    unconditional, conditional = unet(torch.cat([latents, conditions], 1).repeat(2, 1, 1, 1, 1), t, encoder_hidden_states=audio).sample.chunk(2)
-                    latents = scheduler.step(unconditional + 1.5 * (conditional - unconditional), t, latents).prev_sample
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            results[f"window_s_{'deepcache' if cached else 'plain'}"] = round(time.perf_counter() - tick, 1)
-            outputs[cached] = latents.float()
-        results["deepcache_saving"] = round(1 - results["window_s_deepcache"] / results["window_s_plain"], 3)
-        plain, cached = outputs[False], outputs[True]
-        results["deepcache_relative_difference"] = round(((plain - cached).norm() / plain.norm()).item(), 4)
+        results.update(timer.window(args.window_steps))
     results["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    if device.type == "cuda":
+    if args.device.startswith("cuda"):
         results["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     print(json.dumps(results, indent=2))
     if args.json:

@@ -12,6 +12,7 @@ fetches them). A JSON report of what was regenerated and why is written next to 
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFER
 from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.progress import Progress
+from latentsync.timeline import save_timeline
 from latentsync.weights import WeightsError, load_manifest, model_files
 
 
@@ -49,8 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     models.add_argument("--resolution", type=int, default=None, help="face size (default: the config's data.resolution)")
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
 
+    speed = parser.add_argument_group("speed (the output stays the same)")
+    speed.add_argument("--precision", choices=["float32", "float16", "bfloat16"], default=None, help="default: float16 on recent GPUs, float32 elsewhere")
+    speed.add_argument("--windows_per_batch", type=int, default=None, help="16-frame windows per U-Net call (default: 1 on the CPU, what fits on a GPU)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the U-Net (the first windows pay for compiling)")
+
     production = parser.add_argument_group("production options")
     production.add_argument("--report_path", default=None, help="JSON report (default: <output>.report.json)")
+    production.add_argument("--report_plot", action="store_true", help="also draw the report's timeline picture into <output>.report.png")
     production.add_argument("--length_mode", choices=LENGTH_MODES, default=LENGTH_MODES[0])
     production.add_argument("--no_skip_silence", action="store_true", help="regenerate silent stretches too")
     production.add_argument("--keep_source_fps", action="store_true", help="keep a 24-30 fps source's rate instead of 25")
@@ -62,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.inference_steps is not None and args.inference_steps < 1:
         parser.error("--inference_steps must be at least 1")
+    if args.windows_per_batch is not None and args.windows_per_batch < 1:
+        parser.error("--windows_per_batch must be at least 1")
     return args
 
 
@@ -110,7 +120,10 @@ def main(argv=None) -> int:
             low_sync_action=args.low_sync_action,
             crf=args.crf,
         )
-        pipeline = LipsyncPipeline.from_files(resolve_files(args, config), device=args.device, face_detector=args.face_detector)
+        pipeline = LipsyncPipeline.from_files(
+            resolve_files(args, config), device=args.device, face_detector=args.face_detector, precision=args.precision,
+            windows_per_batch=args.windows_per_batch, compile_unet=args.compile,
+        )
         with ProgressBars() as progress:
             result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir, progress=progress)
     except (ValueError, WeightsError, FileNotFoundError) as error:  # bad inputs, no usable face, missing weights
@@ -118,6 +131,9 @@ def main(argv=None) -> int:
         return 1
     report = result.report
     print(f"Wrote {result.output_path} ({report.frames} frames, {report.frames_generated} regenerated) and {result.report_path}")
+    if args.report_plot:
+        plot = save_timeline(json.loads(result.report_path.read_text()), Path(args.video_out_path).with_suffix(".report.png"))
+        print(f"Wrote {plot}")
     return 0
 
 

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the ffmpeg binary and redis-server (apt; the tests start their own
-# Redis for the client's shared job store) and a Python 3.11 virtual environment in .venv with
-# the pinned requirements. Safe to run again; it only does what is missing.
+# Prepare a fresh machine: the ffmpeg binary, redis-server (the tests start their own Redis for
+# the client's shared job store) and Chromium with its driver (the web app's browser test), from
+# apt, and a Python 3.11 virtual environment in .venv with the pinned requirements. Safe to run
+# again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v redis-server >/dev/null; then
+missing=""
+for tool in ffmpeg ffprobe redis-server chromium chromedriver; do
+    command -v "$tool" >/dev/null || missing=1
+done
+if [ -n "$missing" ]; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ffmpeg redis-server
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ffmpeg redis-server chromium chromium-driver
 fi
 
 python_bin="${PYTHON:-}"

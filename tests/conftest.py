@@ -10,6 +10,8 @@ SHARED = Path(os.environ.get("LATENTSYNC_SHARED_DIR", REPO.parent / "shared"))
 ASSETS = SHARED / "assets"
 REFERENCE = SHARED / "reference"
 
+pytest_plugins = ("tests.app_server",)  # the web app server, shared by test_app.py and test_browser.py
+
 
 def pytest_configure(config):
     if not REFERENCE.is_dir():

@@ -29,10 +29,11 @@ def tiny_files() -> ModelFiles:
     )
 
 
-def tiny_pipeline(**settings) -> LipsyncPipeline:
-    """The whole pipeline with the tiny random models and MediaPipe faces, on the CPU; `settings`
-    (sync_scorer, cache, denoiser) go to `LipsyncPipeline.from_files`."""
-    return LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe", **settings)
+def tiny_pipeline(device="cpu", **settings) -> LipsyncPipeline:
+    """The whole pipeline with the tiny random models and MediaPipe faces, on the CPU unless told;
+    `settings` (sync_scorer, cache, denoiser, precision, windows_per_batch...) go to
+    `LipsyncPipeline.from_files`."""
+    return LipsyncPipeline.from_files(tiny_files(), device=device, face_detector="mediapipe", **settings)
 
 
 def ffmpeg(*args) -> None:

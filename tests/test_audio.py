@@ -241,7 +241,7 @@ def test_ten_minutes_are_cut_into_chunks_in_flat_memory(encoder, demo2):
 
 
 def test_encoder_input_errors_are_clear(whisper_path, tmp_path):
-    with pytest.raises(FileNotFoundError, match="Whisper checkpoint not found at .*tiny.pt: run `python -m scripts.download_weights`"):
+    with pytest.raises(FileNotFoundError, match="Whisper checkpoint was not found at .*tiny.pt: run `python -m scripts.download_weights`"):
         AudioEncoder(tmp_path / "tiny.pt")
     with pytest.raises(ValueError, match="window_mode must be 'overlap' or 'official'"):
         AudioEncoder(whisper_path, window_mode="centre")

@@ -95,6 +95,24 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     assert again["status"] == "succeeded"
 
 
+LIBRARY_NOISE = ("HTTP Request", "GetPrototype", "XNNPACK", "Feedback manager", "accelerate", "InitializeLog", "%|")
+
+
+def test_prediction_logs_are_a_few_progress_lines_without_library_noise(server, media):
+    client, _, folder = server
+    video, audio = media
+    body = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), seed=3).json()
+    assert body["status"] == "succeeded", body.get("error")
+    lines = body["logs"].splitlines()
+    progress = [line for line in lines if line.startswith(("analyse ", "render "))]
+    assert progress[0].startswith("analyse    4% (1/25 frames), 0:00 elapsed")
+    assert progress[-1].startswith("render   100% (25/25 frames written, 2/2 windows denoised), ")
+    assert len(progress) <= 42 and len(lines) <= len(progress) + 4, lines  # the seed and one line per span besides
+    everything = (folder / "server.log").read_text() + body["logs"]  # setup (the weights download) and predictions
+    for noise in LIBRARY_NOISE:
+        assert noise not in everything, noise
+
+
 def test_cog_yaml_is_well_formed():
     config = yaml.safe_load((REPO_ROOT / "cog.yaml").read_text())
     build = config["build"]

@@ -1,12 +1,14 @@
 """One denoising window against the official loop's reference vectors (tiny random models)."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
+from DeepCache import DeepCacheSDHelper
 
 from latentsync.config import load_yaml
-from latentsync.denoise import denoise_window, initial_noise, load_scheduler, load_training_mask, load_vae
+from latentsync.denoise import denoise_window, denoise_windows, initial_noise, load_scheduler, load_training_mask, load_vae
 from latentsync.models.unet import UNet3DConditionModel
 
 
@@ -94,6 +96,38 @@ def test_deepcache_window_is_close_and_split_batches_keep_their_own_cache(window
     cached_split = run(window, enable_deepcache=True, split_guidance_batch=True, **kwargs)
     assert 0 < (baseline - cached).abs().mean().item() < 0.05
     assert torch.equal(cached, cached_split)
+
+
+def test_our_deepcache_is_the_deepcache_helpers_arithmetic(window):
+    """DeepCache as the U-Net's shallow path on cached deep features computes what the DeepCache
+    package's helper computes by wrapping module forwards, as the official enables it (interval 3,
+    branch 0), bit for bit."""
+    io = window["io"]
+    kwargs = dict(initial_latents=io["mode_initial_latents"], generator=torch.Generator().manual_seed(2), num_inference_steps=7)
+    ours = run(window, enable_deepcache=True, **kwargs)
+    helper = DeepCacheSDHelper(pipe=SimpleNamespace(unet=window["unet"], scheduler=window["scheduler"]))
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    try:
+        wrapped = run(window, **{**kwargs, "generator": torch.Generator().manual_seed(2)})
+    finally:
+        helper.disable()
+    assert torch.equal(ours, wrapped)
+
+
+@pytest.mark.parametrize("deepcache", [False, True])
+def test_windows_in_one_batch_get_the_results_they_get_alone(window, deepcache):
+    io = window["io"]
+    faces = torch.stack([io["faces"], io["faces"].flip(-1), io["faces"].roll(5, 0)])  # three different windows
+    audio = torch.stack([io["audio_embeds"], io["audio_embeds"].roll(3, 0), io["audio_embeds"].flip(0)])
+    settings = dict(num_inference_steps=4, guidance_scale=1.5, initial_latents=io["mode_initial_latents"], enable_deepcache=deepcache)
+    models = (window["unet"], window["vae"], window["scheduler"])
+    together = denoise_windows(*models, faces, audio, window["mask"], generator=torch.Generator().manual_seed(3), **settings)
+    generator = torch.Generator().manual_seed(3)  # one generator through the windows, as the render draws
+    alone = torch.stack([denoise_window(*models, faces[k], audio[k], window["mask"], generator=generator, **settings) for k in range(3)])
+    assert together.shape == alone.shape == (3, 16, 3, 64, 64)
+    assert (together - alone).abs().max().item() <= 1e-5
+    assert (alone[0] - alone[1]).abs().max().item() > 0.1  # the windows differ, so the comparison means something
 
 
 def test_guidance_one_runs_a_single_branch(window):

@@ -10,6 +10,7 @@ the right brow centre (left/right as seen in the image) and the nose centre.
 
 import contextlib
 import io
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import cv2
 import numpy as np
 
 from ..files import require_weight_file
+
+logger = logging.getLogger("latentsync")
 
 INSIGHTFACE_FILES = ("det_10g.onnx", "2d106det.onnx")
 INSIGHTFACE_DET_SIZE = 512
@@ -98,7 +101,14 @@ class InsightFaceDetector:
 
         for path in insightface_model_paths(model_root):
             require_weight_file(path, "The InsightFace model file")
-        use_cuda = str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        wants_cuda = str(device).startswith("cuda")
+        use_cuda = wants_cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        if wants_cuda and not use_cuda:
+            logger.warning(
+                "InsightFace runs on the CPU: this onnxruntime (%s, providers %s) has no CUDA provider for this GPU; "
+                "install an onnxruntime-gpu built for the installed CUDA to detect faces on the GPU",
+                onnxruntime.__version__, onnxruntime.get_available_providers(),
+            )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         with contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it loads
             self.app = FaceAnalysis(name="buffalo_l", root=str(model_root), allowed_modules=["detection", "landmark_2d_106"], providers=providers)

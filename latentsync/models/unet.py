@@ -70,6 +70,7 @@ MOTION_MODULE_DEFAULTS = dict(
 @dataclass
 class UNet3DConditionOutput:
     sample: torch.Tensor
+    deep_features: torch.Tensor | None = None  # for DeepCache: see UNet3DConditionModel.forward
 
 
 def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
@@ -440,19 +441,22 @@ class UpBlock3D(nn.Module):
         self.motion_modules = nn.ModuleList([make.motion(out_channels, with_motion) for _ in range(layers)])
         self.upsamplers = nn.ModuleList([Upsample3D(out_channels)]) if add_upsample else None
 
-    def forward(self, hidden_states, skips, temb, audio=None, upsample_size=None):
-        attentions = getattr(self, "attentions", [None] * len(self.resnets))
-        for resnet, attention, motion in zip(self.resnets, attentions, self.motion_modules):
-            hidden_states = torch.cat([hidden_states, skips[-1]], dim=1)
-            skips = skips[:-1]
-            hidden_states = resnet(hidden_states, temb)
-            if attention is not None:
-                hidden_states = attention(hidden_states, audio)
-            if motion is not None:
-                hidden_states = motion(hidden_states)
-        if self.upsamplers is not None:
+    def forward(self, hidden_states, skips, temb, audio=None, upsample_size=None, layers=None):
+        """`layers` (a range) runs only those layers, without the upsample: DeepCache's pieces."""
+        for j in layers if layers is not None else range(len(self.resnets)):
+            hidden_states = self.layer(j, hidden_states, skips[-1 - j], temb, audio)
+        if self.upsamplers is not None and layers is None:
             for upsampler in self.upsamplers:
                 hidden_states = upsampler(hidden_states, upsample_size)
+        return hidden_states
+
+    def layer(self, j: int, hidden_states, skip, temb, audio=None):
+        """Layer `j`: concat its skip, resnet [+ attention] [+ motion module]."""
+        hidden_states = self.resnets[j](torch.cat([hidden_states, skip], dim=1), temb)
+        if hasattr(self, "attentions"):
+            hidden_states = self.attentions[j](hidden_states, audio)
+        if self.motion_modules[j] is not None:
+            hidden_states = self.motion_modules[j](hidden_states)
         return hidden_states
 
 
@@ -576,11 +580,17 @@ class UNet3DConditionModel(nn.Module):
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
-    def forward(self, sample, timestep, encoder_hidden_states=None) -> UNet3DConditionOutput:
+    def forward(self, sample, timestep, encoder_hidden_states=None, deep_features=None, return_deep_features=False) -> UNet3DConditionOutput:
         """Predict the noise in `sample` (b, in_channels, f, h, w) at `timestep`.
 
         `encoder_hidden_states` are the audio features, one row of tokens per frame:
         (b*f, tokens, dim), batch-major like the frames.
+
+        DeepCache (its branch 0, as the official enables it): `return_deep_features` also returns
+        the hidden state entering the last layer of the last up block; passing those
+        `deep_features` (from an earlier step) in runs only the shallowest path on top of them:
+        `conv_in`, that last layer with its skip from `conv_in`, and `conv_out`. This is the
+        arithmetic of the DeepCache package's helper on this U-Net, without wrapping modules.
         """
         c = self.config
         if c.center_input_sample:
@@ -592,21 +602,36 @@ class UNet3DConditionModel(nn.Module):
             # bit for bit whether the guidance branches run as one batch or as two passes.
             timesteps = timesteps.expand(2)
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
-
-        upsample_factor = 2 ** (len(self.up_blocks) - 1)
-        needs_upsample_size = any(s % upsample_factor for s in sample.shape[-2:])
-
         hidden = self.conv_in(sample)
+        last_block, last_layer = self.up_blocks[-1], len(self.up_blocks[-1].resnets) - 1
+        if deep_features is None:
+            deep_features, skips = self._deep_path(hidden, temb, encoder_hidden_states)
+            skip = skips[0]
+        else:
+            skip = hidden
+        hidden = last_block.layer(last_layer, deep_features, skip, temb, encoder_hidden_states)
+        sample = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
+        return UNet3DConditionOutput(sample=sample, deep_features=deep_features if return_deep_features else None)
+
+    def _deep_path(self, hidden, temb, audio) -> tuple[torch.Tensor, tuple]:
+        """Everything from the first down block to the last up block's last layer: that layer's
+        input, and the skip connections it has left (the `conv_in` output)."""
+        upsample_factor = 2 ** (len(self.up_blocks) - 1)
+        needs_upsample_size = any(s % upsample_factor for s in hidden.shape[-2:])
         skips = (hidden,)
         for block in self.down_blocks:
-            hidden, block_skips = block(hidden, temb, encoder_hidden_states)
+            hidden, block_skips = block(hidden, temb, audio)
             skips += block_skips
-        hidden = self.mid_block(hidden, temb, encoder_hidden_states)
+        hidden = self.mid_block(hidden, temb, audio)
         for i, block in enumerate(self.up_blocks):
             block_skips, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
-            upsample_size = skips[-1].shape[2:] if needs_upsample_size and i < len(self.up_blocks) - 1 else None
-            hidden = block(hidden, block_skips, temb, encoder_hidden_states, upsample_size)
-        return UNet3DConditionOutput(sample=self.conv_out(self.conv_act(self.conv_norm_out(hidden))))
+            if i < len(self.up_blocks) - 1:
+                upsample_size = skips[-1].shape[2:] if needs_upsample_size else None
+                hidden = block(hidden, block_skips, temb, audio, upsample_size)
+            else:  # the last block, but for its last layer
+                hidden = block(hidden, block_skips, temb, audio, layers=range(len(block.resnets) - 1))
+                skips = block_skips[:1]
+        return hidden, skips
 
 
 def _check_supported(c) -> None:

@@ -1,0 +1,52 @@
+"""Where the models run: the device and dtype, and how many 16-frame windows share one U-Net call.
+
+The official runs float16 on CUDA GPUs of compute capability 8 or newer and float32 elsewhere;
+bfloat16 can be chosen instead of float16. On the CPU one window goes at a time (batching buys
+nothing there); on CUDA as many as fit in free memory and in the footprint the official publishes
+for that model (8 GB for 1.5, 18 GB for 1.6), so that the default never needs a bigger GPU.
+"""
+
+import torch
+
+GiB = 1024**3
+OFFICIAL_VRAM_BYTES = {256: 8 * GiB, 512: 18 * GiB}  # published for LatentSync 1.5 / 1.6
+# GPU memory one window adds at half precision with guidance (activations, VAE), beyond the
+# weights. An ESTIMATE scaled from the official footprints, not a measurement:
+# `python -m scripts.benchmark --sections gpu` prints the measured peak per batch size.
+WINDOW_BYTES_ESTIMATE = {256: 2 * GiB, 512: 7 * GiB}
+MAX_WINDOWS_PER_BATCH = 8
+
+
+def model_dtype(device, precision: str | None = None) -> torch.dtype:
+    """The dtype the models run in: `precision` ("float32", "float16", "bfloat16") when given, else
+    float16 on CUDA GPUs of compute capability 8 or newer and float32 elsewhere (as the official)."""
+    if precision is not None:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.float16
+    return torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def auto_windows_per_batch(unet: torch.nn.Module, resolution: int) -> int:
+    """1 on the CPU; on CUDA, the windows that fit in free memory and in the official's footprint."""
+    device = next(unet.parameters()).device
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    size = 256 if resolution <= 256 else 512
+    budget = min(free, OFFICIAL_VRAM_BYTES[size] - weights)
+    return max(1, min(MAX_WINDOWS_PER_BATCH, int(budget // WINDOW_BYTES_ESTIMATE[size])))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`tensor` on `device`; to CUDA through pinned memory without blocking the calling thread."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, dtype) if dtype is not None else tensor.to(device)
