@@ -198,6 +198,14 @@ def test_the_exchange_refuses_what_is_not_its_own(tmp_path, inputs, callback, ex
     assert sorted(p.name for p in (tmp_path / "exchange").iterdir()) == sorted([hashlib.sha256(b"x").hexdigest(), output.split("/")[-2]])
 
 
+def test_a_success_whose_upload_was_lost_counts_as_a_failure(exchange):
+    key = "a" * 64
+    response = httpx.post(exchange.webhook_url(key, "b" * 32), json={"id": key, "status": "succeeded", "output": None}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    job = exchange.store.get(key)
+    assert job.status == "failed" and "output upload did not arrive" in job.error  # a re-run dispatches it again
+
+
 def test_an_oversized_inline_output_fails_the_job_with_advice(callback, exchange):
     key, attempt = "a" * 64, "b" * 32
     body = json.dumps({"id": key, "status": "succeeded", "output": "data:video/mp4;base64," + "A" * (MAX_WEBHOOK_BYTES + 16)})

@@ -140,6 +140,8 @@ class Exchange:
             return 400, "rejected: the prediction is not this URL's job"
         if news.output_url and news.output_url.startswith("data:"):
             news = News(key, news.status, self._inline_output(news.output_url), news.error)
+        if news.status == "succeeded" and not news.output_url:  # so a re-run tries again
+            news = News(key, "failed", error="The server finished, but its output upload did not arrive (check its --upload-url).")
         return self._apply(news, attempt)
 
     def _apply(self, news: News, attempt: str) -> tuple[int, str]:
