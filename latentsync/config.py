@@ -140,3 +140,15 @@ def compile_requested() -> bool:
 def shared_dir() -> Path:
     """The provided test media and reference vectors: $LATENTSYNC_SHARED_DIR, else ../shared."""
     return Path(os.environ.get("LATENTSYNC_SHARED_DIR") or DEFAULT_SHARED_DIR)
+
+
+def webhook_secret() -> str | None:
+    """$LATENTSYNC_WEBHOOK_SECRET: the Replicate account's whsec_ secret for `serve-webhooks`
+    (read from the environment, so it never shows in the process list)."""
+    return os.environ.get("LATENTSYNC_WEBHOOK_SECRET") or None
+
+
+def fleet_secret() -> str | None:
+    """$LATENTSYNC_FLEET_SECRET: the token a fleet's Cog servers send with their webhooks (their
+    WEBHOOK_AUTH_TOKEN); the client refuses webhooks without it."""
+    return os.environ.get("LATENTSYNC_FLEET_SECRET") or None

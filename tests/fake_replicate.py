@@ -42,7 +42,8 @@ class Faults:
     """Queued faults, consumed in order, per request kind ("create", "get", "upload", ...).
 
     Each entry: ("status", code, retry_after) to refuse the request, ("drop_before",) to close
-    the connection without doing anything, ("drop_after",) to do the work, then close without a reply."""
+    the connection without doing anything, ("drop_after",) to do the work, then close without a
+    reply, ("delay", seconds) to wait that long before doing the work (a slow API)."""
 
     queued: dict = field(default_factory=dict)
 
@@ -64,6 +65,7 @@ class FakeReplicate:
         self.deliveries: list[httpx.Response] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.fail_next = 0  # the next N predictions fail
+        self.fail_once_if: list = []  # predicates on a prediction's input: the first match fails (once each)
         self.faults = Faults()
         self._lock = threading.Lock()
         self._folder = Path(tempfile.mkdtemp(prefix="fake-replicate-"))
@@ -120,6 +122,8 @@ class FakeReplicate:
                     return self._reply(handler, fault[1], {"detail": "injected"}, {"Retry-After": str(fault[2])} if fault[2] is not None else {})
                 if fault and fault[0] == "drop_before":
                     return self._drop(handler)
+                if fault and fault[0] == "delay":
+                    time.sleep(fault[1])
                 status, payload = action(handler, body, *match.groups())
                 if fault and fault[0] == "drop_after":
                     return self._drop(handler)
@@ -171,6 +175,10 @@ class FakeReplicate:
         with self._lock:
             fail = self.fail_next > 0
             self.fail_next -= 1 if fail else 0
+            matching = next((p for p in self.fail_once_if if p(record["input"])), None)
+            if matching:
+                self.fail_once_if.remove(matching)
+                fail = True
             self.predictions[prediction_id] = record
             self.creates.append(record)
         threading.Thread(target=self._run, args=(record, fail), daemon=True).start()

@@ -6,74 +6,20 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import redis
-import uvicorn
 
-from latentsync.client import LipSyncClient, LipSyncError, run_long, webhook_app
+from latentsync.client import LipSyncClient, LipSyncError, SQLiteStore, run_long
 from latentsync.client.longform import cut_points
 from latentsync.client.params import PARAMETERS, validate
-from latentsync.client.store import CLAIM_TTL_S, open_store
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
-from tests.cog_server import free_port
-from tests.fake_replicate import MODEL_VERSION, FakeReplicate
-from tests.media import ffmpeg, small_clip, speech
-
-
-@pytest.fixture
-def fake():
-    with FakeReplicate() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("client_media")
-    return {
-        "video": small_clip(folder / "talk.mp4", seconds=1.0, size="270:480"),
-        "audio": speech(folder / "dub.wav", 1.5, start=1.0),
-        "folder": folder,
-    }
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A real redis-server on 127.0.0.1 (installed by scripts/setup_env.sh), no persistence."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.time() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_spec(request, tmp_path):
-    """What LipSyncClient(store=...) is given: a SQLite path, or the URL of an emptied Redis."""
-    if request.param == "sqlite":
-        return str(tmp_path / "jobs.sqlite")
-    url = request.getfixturevalue("redis_url")
-    redis.Redis.from_url(url).flushdb()
-    return url
+from tests.client_fixtures import fake, media, redis_url, store_spec  # noqa: F401 (fixtures)
+from tests.fake_replicate import MODEL_VERSION
+from tests.media import ffmpeg, speech
 
 
 def client_for(fake, tmp_path, **kwargs) -> LipSyncClient:
@@ -179,25 +125,47 @@ def test_concurrent_identical_submits_create_one_prediction(fake, tmp_path, medi
     assert len(ids) == 1 and creates(fake) == 1
 
 
-def test_the_store_claims_once_and_takes_over_abandoned_claims(store_spec, monkeypatch):
-    store = open_store(store_spec)
-    assert store.claim("key") == (store.get("key"), True)
-    job, claimed = store.claim("key")
-    assert not claimed and job.status == "claimed"  # someone is creating it: wait for them
-    later = time.time() + CLAIM_TTL_S + 1
-    monkeypatch.setattr("latentsync.client.store.time.time", lambda: later)
-    assert store.claim("key")[1]  # that someone died: take over
-    store.update("key", prediction_id="p1", status="processing", input={"seed": 1}, error=None)
-    assert store.by_prediction("p1") == store.get("key")
-    assert store.get("key").input == {"seed": 1} and store.get("key").error is None
-    assert store.first_sighting("msg_1") and not store.first_sighting("msg_1")
-    store.remember_upload("abc", "https://files.example/abc")
-    assert store.upload_url("abc", max_age_s=60) == "https://files.example/abc"
-    assert store.upload_url("abc", max_age_s=-1) is None and store.upload_url("other", 60) is None
+def test_a_slow_create_keeps_its_claim_so_one_prediction_is_paid_for(fake, tmp_path, media, store_spec):
+    """Before: a create slower than the claim's TTL let a second submit take over and create again."""
+    fake.faults.add("create", ("delay", 2.5))  # the first create takes 2.5 s; the claim's TTL is 1 s
+    first_client, second_client = (client_for(fake, tmp_path, store=store_spec, claim_ttl_s=1.0) for _ in range(2))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(first_client.submit, media["video"], media["audio"])
+        time.sleep(1.5)
+        second = second_client.submit(media["video"], media["audio"])  # the owner's heartbeats keep it waiting
+        assert second.prediction_id == first.result().prediction_id
+    assert creates(fake) == 1
+
+
+def test_a_take_over_finds_the_prediction_its_dead_owner_created(fake, tmp_path, media, store_spec):
+    client = client_for(fake, tmp_path, store=store_spec, claim_ttl_s=0.5)
+    inputs = {"video": client.backend.input_ref(media["video"]), "audio": client.backend.input_ref(media["audio"]), **validate({})}
+    key = client.job_key(media["video"], media["audio"], {})
+    client.store.claim(key, "owner-that-died", inputs)  # it claimed, created, and died before recording
+    orphan = client.backend.api.models.predictions.create(model="owner/model", input=inputs)
+    time.sleep(0.6)
+    result = client.run(media["video"], media["audio"])
+    assert result.job.prediction_id == orphan.id and creates(fake) == 1
+    assert ("GET", "/v1/predictions") in fake.requests  # it looked before creating
+
+
+def test_an_owner_that_stalled_past_its_claim_does_not_overwrite_the_new_one(fake, tmp_path, media):
+    """Before: the first owner recorded its prediction over the one that took over."""
+    fake.faults.add("create", ("delay", 2.0))
+    stalled = client_for(fake, tmp_path, claim_ttl_s=600.0)  # refreshes its claim every 150 s: as good as stalled
+    prompt = client_for(fake, tmp_path, store=SQLiteStore(tmp_path / "jobs.sqlite", claim_ttl_s=0.5))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        late = pool.submit(stalled.submit, media["video"], media["audio"])
+        time.sleep(1.0)
+        taken = prompt.submit(media["video"], media["audio"])  # takes over, finds nothing yet, creates
+        assert late.result().prediction_id == taken.prediction_id  # the stalled owner's record was refused
+    assert creates(fake) == 2 and prompt.store.get(taken.key).prediction_id == taken.prediction_id
+    duplicate = next(p for p in fake.creates if p["id"] != taken.prediction_id)
+    assert duplicate["status"] == "canceled"  # and it canceled its own duplicate
 
 
 def test_an_unreachable_redis_is_reported_at_once():
-    with pytest.raises(redis.ConnectionError, match="127.0.0.1:1"):
+    with pytest.raises(ConnectionError, match="Redis job store at redis://127.0.0.1:1/0 is not usable"):
         LipSyncClient(api_token="r8_test", store="redis://127.0.0.1:1/0")
 
 
@@ -236,52 +204,6 @@ def test_cancel(fake, tmp_path, media):
     job = client.submit(media["video"], media["audio"])
     assert client.cancel(job).status == "canceled"
     assert client.submit(media["video"], media["audio"]).prediction_id != job.prediction_id  # canceled: tried again
-
-
-@pytest.fixture
-def webhook_server(tmp_path, fake, store_spec):
-    store = open_store(store_spec)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(webhook_app(fake.secret, store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/hooks", store
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def test_a_signed_webhook_updates_the_store(fake, tmp_path, media, webhook_server):
-    url, store = webhook_server
-    client = client_for(fake, tmp_path, store=store)
-    assert client.webhook_secret() == fake.secret
-    job = client.submit(media["video"], media["audio"], webhook=url)
-    deadline = time.time() + 30
-    while store.get(job.key).status != "succeeded" and time.time() < deadline:
-        time.sleep(0.1)
-    updated = store.get(job.key)
-    assert updated.status == "succeeded" and updated.output_url.startswith(fake.url)
-    assert [r.status_code for r in fake.deliveries] == [200]
-    assert fake.creates[0]["_webhook"] == url
-
-
-def test_bad_webhooks_are_rejected_and_change_nothing(fake, tmp_path, media, webhook_server):
-    url, store = webhook_server
-    client = client_for(fake, tmp_path, store=store)
-    fake.run_seconds = 30.0
-    job = client.submit(media["video"], media["audio"])
-    forged = {"id": job.prediction_id, "status": "succeeded", "output": "https://evil.example/x.mp4"}
-    assert fake.deliver(url, forged, secret="whsec_" + "QUJD" * 8).status_code == 401  # wrong secret
-    assert fake.deliver(url, forged, timestamp=int(time.time()) - 600).status_code == 401  # stale
-    legit = fake.deliver(url, {"id": job.prediction_id, "status": "processing", "output": None}, webhook_id="msg_1")
-    assert legit.status_code == 200  # a genuine delivery is accepted
-    import httpx
-
-    headers = {k: v for k, v in legit.request.headers.items() if k.lower() != "content-length"}
-    assert httpx.post(url, content=json.dumps(forged), headers=headers).status_code == 401  # its signature, another body
-    assert httpx.post(url, content=legit.request.content, headers=headers).status_code == 409  # replayed
-    assert store.get(job.key).status == "processing" and store.get(job.key).output_url is None
 
 
 def test_cut_points_prefer_pauses_near_the_limit():

@@ -1,12 +1,14 @@
-"""Companion client for the hosted lip-sync model on Replicate: idempotent runs, webhooks, and
-long-video fan-out. See `LipSyncClient`."""
+"""Companion client for the lip-sync model, on Replicate or on a fleet of self-hosted Cog servers:
+idempotent runs, webhooks, batches and long-video fan-out. See `LipSyncClient`."""
 
 from .core import LipSyncClient, LipSyncError, RunResult
+from .jobs import ClaimLost, Job
 from .params import PARAMETERS, validate
-from .store import Job, RedisStore, SQLiteStore
+from .redis_store import RedisStore
+from .store import SQLiteStore, open_store
 from .webhooks import handle_webhook, webhook_app
 
-__all__ = ["Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RedisStore", "RunResult", "SQLiteStore", "handle_webhook", "run_long", "validate", "webhook_app"]
+__all__ = ["ClaimLost", "Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RedisStore", "RunResult", "SQLiteStore", "handle_webhook", "open_store", "run_long", "validate", "webhook_app"]
 
 
 def run_long(client, video, audio, output_path, max_segment_s: float = 60.0, concurrency: int = 3, **params):

@@ -1,18 +1,28 @@
-"""Command line for the Replicate client.
+"""Command line for the client: Replicate (--model) or a fleet of your own Cog servers (--servers).
 
     python -m latentsync.client run --video talk.mp4 --audio dub.wav [--param guidance_scale=2] [--out out.mp4]
     python -m latentsync.client run --video long.mp4 --audio long.wav --max-segment 60
+    python -m latentsync.client batch jobs.csv [--servers URL ... | --model owner/name] [--concurrency N] [--results results.csv]
     python -m latentsync.client status <job key or prediction id>
-    python -m latentsync.client serve-webhooks --port 8000
+    python -m latentsync.client serve-webhooks --port 8000        # secret: $LATENTSYNC_WEBHOOK_SECRET or --secret-file
+
+Secrets come from the environment or files, never the command line: REPLICATE_API_TOKEN,
+LATENTSYNC_WEBHOOK_SECRET, LATENTSYNC_FLEET_SECRET (the fleet servers' WEBHOOK_AUTH_TOKEN).
 """
 
 import argparse
 import json
 import shutil
 import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 
+from .. import config
 from . import LipSyncClient, LipSyncError, run_long, webhook_app
-from .core import DEFAULT_MODEL
+from .batch import read_rows, run_batch, summary, write_results
+from .core import DEFAULT_MODEL, DEFAULT_STORE
+from .store import open_store
 from .params import PARAMETERS
 
 
@@ -29,54 +39,120 @@ def _parameter(text: str):
         raise argparse.ArgumentTypeError(f"{name} needs a {kind.__name__}, got {raw!r}") from None
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m latentsync.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="owner/name, owner/name:version or a version id")
-    parser.add_argument("--store", default=None, help="job store: a SQLite file or a redis:// URL")
-    parser.add_argument("--base-url", default=None, help="another API endpoint")
+def _secret_file(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read the secret file {path}: {error.strerror}") from None
+
+
+class _NoSecretOnTheCommandLine(argparse.Action):
+    """The old --secret: refused without echoing its value (it would show in the process list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--secret is not accepted (the process list would show it): set LATENTSYNC_WEBHOOK_SECRET or pass --secret-file.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The client's options go before or after the command (no defaults: after it they must not reset those before).
+    shared = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    shared.add_argument("--model", help=f"owner/name, owner/name:version or a version id (default {DEFAULT_MODEL})")
+    shared.add_argument("--store", help="job store: a SQLite file or a redis:// URL")
+    shared.add_argument("--base-url", help="another Replicate API endpoint")
+    shared.add_argument("--servers", nargs="+", metavar="URL", help="run on these Cog servers instead of Replicate")
+    shared.add_argument("--callback-url", help="fleet: where the servers reach this client (their --upload-url is CALLBACK_URL/uploads/)")
+    shared.add_argument("--fleet-secret-file", type=_secret_file, dest="fleet_secret", help="fleet: a file holding the servers' WEBHOOK_AUTH_TOKEN (default $LATENTSYNC_FLEET_SECRET)")
+    parser = argparse.ArgumentParser(prog="python -m latentsync.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="lip-sync and download the result")
+    run = commands.add_parser("run", help="lip-sync and download the result", parents=[shared], allow_abbrev=False)
     run.add_argument("--video", required=True)
     run.add_argument("--audio", required=True)
     run.add_argument("--out", default=None, help="copy the result here")
     run.add_argument("--param", type=_parameter, action="append", default=[], help="name=value, e.g. guidance_scale=2")
     run.add_argument("--max-segment", type=float, default=None, help="split longer inputs into segments of this many seconds")
-    status = commands.add_parser("status", help="show a job")
+    batch = commands.add_parser("batch", help="run every row of a CSV (video, audio, output, model inputs...)", parents=[shared], allow_abbrev=False)
+    batch.add_argument("csv", type=Path)
+    batch.add_argument("--concurrency", type=int, default=None, help="rows at a time (default: 2 per server, or 4 on Replicate)")
+    batch.add_argument("--results", type=Path, default=None, help="results file, .csv or .json (default: <csv>.results.csv)")
+    status = commands.add_parser("status", help="show a job", parents=[shared], allow_abbrev=False)
     status.add_argument("job", help="job key or prediction id")
-    serve = commands.add_parser("serve-webhooks", help="receive Replicate webhooks and update the job store")
+    serve = commands.add_parser("serve-webhooks", help="receive Replicate webhooks and update the job store", parents=[shared], allow_abbrev=False)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--secret", default=None, help="whsec_... (default: fetched from the API)")
-    args = parser.parse_args(argv)
+    serve.add_argument("--secret-file", type=_secret_file, dest="secret", help="a file holding the whsec_ secret (default $LATENTSYNC_WEBHOOK_SECRET, else fetched from the API)")
+    serve.add_argument("--secret", action=_NoSecretOnTheCommandLine, help=argparse.SUPPRESS)
+    return parser
 
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    options = vars(args)
     try:
-        client = LipSyncClient(model=args.model, store=args.store, base_url=args.base_url)
-        if args.command == "run":
-            params = dict(args.param)
-            if args.max_segment:
-                out = args.out or "lipsync_long.mp4"
-                run_long(client, args.video, args.audio, out, max_segment_s=args.max_segment, **params)
-                print(out)
-            else:
-                result = client.run(args.video, args.audio, **params)
-                if args.out:
-                    shutil.copyfile(result.path, args.out)
-                print(args.out or result.path)
-        elif args.command == "status":
-            job = client.store.get(args.job) or client.store.by_prediction(args.job)
-            if job is None:
-                print(f"error: no job {args.job!r} in {client.store}", file=sys.stderr)
-                return 1
-            print(json.dumps(client.get(job).__dict__, indent=2, default=str))
-        else:
-            import uvicorn
-
-            uvicorn.run(webhook_app(args.secret or client.webhook_secret(), client.store), host=args.host, port=args.port)
-    except (ValueError, FileNotFoundError, LipSyncError, TimeoutError) as error:
+        if args.command == "status":
+            return _status(options, args.job)
+        with _client(options) as client:
+            return COMMANDS[args.command](client, args)
+    except (ValueError, OSError, LipSyncError, TimeoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _client(options: dict, fleet: bool = True) -> LipSyncClient:
+    return LipSyncClient(model=options.get("model", DEFAULT_MODEL), store=options.get("store"), base_url=options.get("base_url"),
+                         servers=options.get("servers") if fleet else None, callback_url=options.get("callback_url"),
+                         fleet_secret=options.get("fleet_secret"))
+
+
+def _run(client, args) -> int:
+    params = dict(args.param)
+    if args.max_segment:
+        out = args.out or "lipsync_long.mp4"
+        run_long(client, args.video, args.audio, out, max_segment_s=args.max_segment, **params)
+        print(out)
+        return 0
+    result = client.run(args.video, args.audio, **params)
+    if args.out:
+        shutil.copyfile(result.path, args.out)
+    print(args.out or result.path)
     return 0
 
+
+def _batch(client, args) -> int:
+    rows = read_rows(args.csv)
+    servers = getattr(args, "servers", None)
+    concurrency = args.concurrency or (2 * len(servers) if servers else 4)
+    started = time.time()
+    results = run_batch(client, rows, concurrency)
+    target = args.results or args.csv.with_name(f"{args.csv.stem}.results.csv")
+    write_results(results, target)
+    print(summary(results, time.time() - started))
+    print(f"results: {target}")
+    return 1 if any(result.status == "failed" for result in results) else 0
+
+
+def _status(options: dict, name: str) -> int:
+    """The job from the store; one running on Replicate is refreshed from the API first."""
+    store = open_store(options.get("store") or DEFAULT_STORE)
+    job = store.get(name) or store.by_prediction(name)
+    if job is None:
+        print(f"error: no job {name!r} in {store}", file=sys.stderr)
+        return 1
+    if not job.finished and job.server is None and job.prediction_id:
+        with _client({**options, "store": store}, fleet=False) as client:
+            job = client.get(job)
+    print(json.dumps(asdict(job), indent=2, default=str))
+    return 0
+
+
+def _serve_webhooks(client, args) -> int:
+    import uvicorn
+
+    secret = getattr(args, "secret", None) or config.webhook_secret() or client.webhook_secret()
+    uvicorn.run(webhook_app(secret, client.store), host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS = {"run": _run, "batch": _batch, "serve-webhooks": _serve_webhooks}
 
 if __name__ == "__main__":
     sys.exit(main())

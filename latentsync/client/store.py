@@ -1,139 +1,207 @@
-"""The client's job store: job key -> prediction, uploads by content, seen webhook ids.
+"""The client's job store: job key -> prediction, uploads by content, webhook deliveries.
 
-SQLite by default (one file, safe across threads and processes on one machine); Redis for
-several machines sharing one store. A job key is claimed atomically before any prediction is
-created (a write transaction in SQLite, an optimistic WATCH/MULTI transaction in Redis), so
-concurrent identical submits, in threads or separate processes, create exactly one prediction.
+SQLite by default (one file, safe across threads and processes on one machine, created 0600: it
+holds input and output URLs); Redis (`redis_store.py`) for several machines sharing one store. Every change is one
+atomic read-modify-write (a write transaction in SQLite, WATCH/MULTI in Redis) that runs the
+rules of `latentsync.client.jobs`, written once for both: claims, heartbeats, fenced owner
+updates, and prediction news from webhooks, recorded together with the delivery's id.
 """
 
 import json
+import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-FINISHED = ("succeeded", "failed", "canceled")
-CLAIM_TTL_S = 120.0  # a claim not turned into a prediction within this is considered abandoned
+from .jobs import ClaimLost, Job, News, claimed, is_live, merged
+
+CLAIM_TTL_S = 120.0  # an owner that has not refreshed its claim for this long is presumed gone
 UPLOAD_TTL_S = 24 * 3600  # Replicate's file URLs live for a day: Redis may forget them after that
-WEBHOOK_ID_TTL_S = 24 * 3600  # Redis forgets seen webhook ids after this (deliveries older than 5 min are refused anyway)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key TEXT PRIMARY KEY,
-    prediction_id TEXT,
-    status TEXT NOT NULL,
-    input TEXT,
-    output_url TEXT,
-    output_path TEXT,
-    error TEXT,
-    claimed_at REAL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_prediction ON jobs (prediction_id);
-CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS webhook_ids (id TEXT PRIMARY KEY, received_at REAL NOT NULL);
-"""
+WEBHOOK_ID_TTL_S = 24 * 3600  # seen webhook ids and early news are kept this long
+JOB_FIELDS = [field.name for field in fields(Job)]
 
 
-@dataclass
-class Job:
-    """A lip-sync request as the store knows it."""
-
-    key: str
-    prediction_id: str | None
-    status: str  # claimed | starting | processing | succeeded | failed | canceled | uncertain
-    input: dict | None = None
-    output_url: str | None = None
-    output_path: str | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-
-def open_store(store):
+def open_store(store, claim_ttl_s: float = CLAIM_TTL_S):
     """A job store from a store object, a redis:// or rediss:// URL, or the path of a SQLite file."""
     if hasattr(store, "claim"):
         return store
     if str(store).startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(str(store))
-    return SQLiteStore(store)
+        from .redis_store import RedisStore  # needs the redis package
+
+        return RedisStore(str(store), claim_ttl_s=claim_ttl_s)
+    return SQLiteStore(store, claim_ttl_s=claim_ttl_s)
 
 
-def _reusable(job: Job | None, claimed_at: float | None, now: float) -> bool:
-    """Whether a submit should return `job` rather than claim its key anew: a success or a live
-    prediction is kept, as is a fresh claim (someone is creating it right now) and an uncertain
-    create (to be reconciled); failures, cancellations and abandoned claims are claimed again."""
-    if job is None:
-        return False
-    if job.status == "claimed":
-        return now - (claimed_at or 0) < CLAIM_TTL_S
-    return job.status in ("succeeded", "starting", "processing", "uncertain")
+def redacted(url: str) -> str:
+    """`url` with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
 
 
-class SQLiteStore:
-    def __init__(self, path):
+class _Store:
+    """The store's operations. Each runs as one `_atomically(change)`: the backend calls
+    `change(txn, now)` inside a transaction whose object reads (job, key_of, pending, seen) and
+    writes (put, put_pending, drop_pending, mark_seen); Redis re-runs it if a key it read changed."""
+
+    claim_ttl_s: float
+
+    def claim(self, key: str, token: str, input: dict | None = None) -> tuple[Job, bool]:
+        """Atomically: the usable job for `key` (claimed=False), or `token`'s claim on it.
+
+        With claimed=True the caller owns the job: it refreshes it with `heartbeat` and changes
+        it with `update`/`record` under its token. A take-over returns what the previous owner
+        may have started, to be looked for before anything new is created.
+        """
+
+        def change(txn, now):
+            job = txn.job(key)
+            if is_live(job, now, self.claim_ttl_s):
+                return job, False
+            return self._save(txn, claimed(job, key, token, input, now)), True
+
+        return self._atomically(change)
+
+    def heartbeat(self, key: str, token: str) -> bool:
+        """Refresh `token`'s claim; False once another owner has taken the job over."""
+
+        def change(txn, now):
+            job = txn.job(key)
+            if job is None or job.owner != token:
+                return False
+            txn.put(replace(job, heartbeat_at=now))
+            return True
+
+        return self._atomically(change)
+
+    def update(self, key: str, token: str | None, **changes) -> Job:
+        """Set fields of `token`'s job (raises ClaimLost if another owner took it over). Without a
+        token the change is not fenced: only for what any process may do (e.g. `output_path`)."""
+
+        def change(txn, now):
+            job = txn.job(key)
+            if job is None or (token is not None and job.owner != token):
+                raise ClaimLost(key)
+            return self._save(txn, replace(job, **changes, updated_at=now))
+
+        return self._atomically(change)
+
+    def record(self, key: str, token: str | None, news: News) -> Job:
+        """Record news of the job's prediction (a create's answer or a poll). With a token, the
+        prediction becomes the job's (fenced: ClaimLost if taken over), and news a webhook brought
+        before the create's answer is merged in."""
+
+        def change(txn, now):
+            job = txn.job(key)
+            if job is None or (token is not None and job.owner != token):
+                raise ClaimLost(key)
+            if token is not None and job.prediction_id != news.prediction_id:
+                job = replace(job, prediction_id=news.prediction_id, status="claimed", output_url=None, error=None)
+            return self._save(txn, merged(job, news, now) or job)
+
+        return self._atomically(change)
+
+    def receive(self, news: News, webhook_id: str | None = None, attempt: str | None = None) -> str:
+        """Apply a webhook's news and mark its delivery id seen, in one transaction.
+
+        Returns "updated"; "duplicate" (a delivery or news seen before: nothing changes); "stale"
+        (news of a superseded prediction, or of a fleet dispatch other than `attempt`); or
+        "recorded" (a Replicate prediction not known yet: kept until its create is recorded).
+        """
+
+        def change(txn, now):
+            if webhook_id is not None and txn.seen(webhook_id):
+                return "duplicate"
+            key = txn.key_of(news.prediction_id)
+            job = txn.job(key) if key else None
+            if job is None and attempt is None:
+                txn.put_pending(news)
+                outcome = "recorded"
+            elif job is None or job.prediction_id != news.prediction_id or (attempt is not None and job.attempt != attempt):
+                return "stale"
+            else:
+                after = merged(job, news, now)
+                outcome = "updated" if after else "duplicate"
+                if after:
+                    txn.put(after)
+            if webhook_id is not None:
+                txn.mark_seen(webhook_id)
+            return outcome
+
+        return self._atomically(change)
+
+    def _save(self, txn, job: Job) -> Job:
+        if job.prediction_id:
+            early = txn.pending(job.prediction_id)
+            if early is not None:
+                job = merged(job, early, time.time()) or job
+                txn.drop_pending(job.prediction_id)
+        txn.put(job)
+        return job
+
+    @contextmanager
+    def heartbeats(self, key: str, token: str):
+        """Refresh `token`'s claim every ttl/4 seconds, in a thread, while the block runs."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.claim_ttl_s / 4) and self.heartbeat(key, token):
+                pass
+
+        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{key[:8]}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+class SQLiteStore(_Store):
+    def __init__(self, path, claim_ttl_s: float = CLAIM_TTL_S, busy_timeout_s: float = 30.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.claim_ttl_s, self.busy_timeout_s = claim_ttl_s, busy_timeout_s
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite gives -wal/-shm its mode
+        for companion in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if companion.exists() and companion.stat().st_mode & 0o077:
+                companion.chmod(0o600)  # a store made by an older version
         self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        self._atomically(_create_tables)
 
     def _connect(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             self._local.connection = connection
         return connection
 
     def get(self, key: str) -> Job | None:
-        row = self._connect().execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job(row) if row else None
+        return _SQLiteTransaction(self._connect()).job(key)
 
     def by_prediction(self, prediction_id: str) -> Job | None:
-        row = self._connect().execute("SELECT * FROM jobs WHERE prediction_id = ?", (prediction_id,)).fetchone()
-        return _job(row) if row else None
+        key = _SQLiteTransaction(self._connect()).key_of(prediction_id)
+        return self.get(key) if key else None
 
-    def claim(self, key: str) -> tuple[Job | None, bool]:
-        """Atomically: the existing usable job for `key`, or a fresh claim on it.
-
-        Returns (job, claimed). claimed=True: the caller must create the prediction and record
-        it. A finished-but-failed or canceled job, or an abandoned claim, is claimed anew;
-        an "uncertain" job (a create that may have happened) is returned for reconciliation.
-        """
+    def _atomically(self, change):
         db = self._connect()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-            job = _job(row) if row else None
-            now = time.time()
-            if _reusable(job, row["claimed_at"] if row else None, now):
-                db.execute("COMMIT")
-                return job, False
-            db.execute(
-                "INSERT INTO jobs (key, status, claimed_at, updated_at) VALUES (?, 'claimed', ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET prediction_id = NULL, status = 'claimed', output_url = NULL, "
-                "output_path = NULL, error = NULL, claimed_at = excluded.claimed_at, updated_at = excluded.updated_at",
-                (key, now, now),
-            )
-            db.execute("COMMIT")
-            return Job(key, None, "claimed"), True
+            result = change(_SQLiteTransaction(db), time.time())
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def update(self, key: str, **fields) -> Job:
-        if "input" in fields and fields["input"] is not None:
-            fields["input"] = json.dumps(fields["input"], sort_keys=True)
-        fields["updated_at"] = time.time()
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._connect().execute(f"UPDATE jobs SET {assignments} WHERE key = ?", (*fields.values(), key))
-        return self.get(key)
+        db.execute("COMMIT")
+        return result
 
     def upload_url(self, sha256: str, max_age_s: float) -> str | None:
         row = self._connect().execute("SELECT url, created_at FROM uploads WHERE sha256 = ?", (sha256,)).fetchone()
@@ -142,98 +210,82 @@ class SQLiteStore:
     def remember_upload(self, sha256: str, url: str) -> None:
         self._connect().execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?)", (sha256, url, time.time()))
 
-    def first_sighting(self, webhook_id: str) -> bool:
-        """Record a webhook id; False if it was seen before (a replay)."""
-        cursor = self._connect().execute("INSERT OR IGNORE INTO webhook_ids VALUES (?, ?)", (webhook_id, time.time()))
-        return cursor.rowcount == 1
-
     def __str__(self) -> str:
         return str(self.path)
 
 
-class RedisStore:
-    """The same store in Redis, for clients on several machines. Keys live under `prefix`:
-    `job:<key>` (a hash), `prediction:<id>` -> job key, `upload:<sha256>`, `webhook:<id>`."""
-
-    def __init__(self, url: str, prefix: str = "latentsync:"):
-        import redis  # only needed for this store
-
-        self.url, self.prefix = url, prefix
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
-        self.redis.ping()  # fail here, with the URL in the error, not on the first submit
-
-    def _job_key(self, key: str) -> str:
-        return f"{self.prefix}job:{key}"
-
-    def get(self, key: str) -> Job | None:
-        return _job_from_hash(key, self.redis.hgetall(self._job_key(key)))
-
-    def by_prediction(self, prediction_id: str) -> Job | None:
-        key = self.redis.get(f"{self.prefix}prediction:{prediction_id}")
-        return self.get(key) if key else None
-
-    def claim(self, key: str) -> tuple[Job | None, bool]:
-        """As `SQLiteStore.claim`; a concurrent change between read and claim retries the read."""
-        name = self._job_key(key)
-        outcome = {}
-
-        def transaction(pipe):
-            fields = pipe.hgetall(name)
-            job, now = _job_from_hash(key, fields), time.time()
-            pipe.multi()
-            if _reusable(job, float(fields.get("claimed_at") or 0), now):
-                outcome.update(job=job, claimed=False)
-                return
-            pipe.delete(name)
-            pipe.hset(name, mapping={"status": "claimed", "claimed_at": now, "updated_at": now})
-            outcome.update(job=Job(key, None, "claimed"), claimed=True)
-
-        self.redis.transaction(transaction, name)
-        return outcome["job"], outcome["claimed"]
-
-    def update(self, key: str, **fields) -> Job:
-        if fields.get("input") is not None:
-            fields["input"] = json.dumps(fields["input"], sort_keys=True)
-        fields["updated_at"] = time.time()
-        name = self._job_key(key)
-        pipe = self.redis.pipeline()
-        present = {field: value for field, value in fields.items() if value is not None}
-        absent = [field for field, value in fields.items() if value is None]  # Redis has no NULL: drop the field
-        pipe.hset(name, mapping=present)
-        if absent:
-            pipe.hdel(name, *absent)
-        if fields.get("prediction_id"):
-            pipe.set(f"{self.prefix}prediction:{fields['prediction_id']}", key)
-        pipe.execute()
-        return self.get(key)
-
-    def upload_url(self, sha256: str, max_age_s: float) -> str | None:
-        record = self.redis.get(f"{self.prefix}upload:{sha256}")
-        if record is None:
-            return None
-        upload = json.loads(record)
-        return upload["url"] if time.time() - upload["created_at"] < max_age_s else None
-
-    def remember_upload(self, sha256: str, url: str) -> None:
-        record = json.dumps({"url": url, "created_at": time.time()})
-        self.redis.set(f"{self.prefix}upload:{sha256}", record, ex=UPLOAD_TTL_S)
-
-    def first_sighting(self, webhook_id: str) -> bool:
-        """Record a webhook id; False if it was seen before (a replay)."""
-        return bool(self.redis.set(f"{self.prefix}webhook:{webhook_id}", time.time(), nx=True, ex=WEBHOOK_ID_TTL_S))
-
-    def __str__(self) -> str:
-        return self.url
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, prediction_id TEXT, status TEXT NOT NULL, input TEXT, output_url TEXT,"
+    " output_path TEXT, error TEXT, owner TEXT, heartbeat_at REAL NOT NULL DEFAULT 0, server TEXT, attempt TEXT,"
+    " attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS predictions (prediction_id TEXT PRIMARY KEY, key TEXT NOT NULL)",  # every prediction a job had
+    "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, created_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS webhook_ids (id TEXT PRIMARY KEY, received_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS early_news (prediction_id TEXT PRIMARY KEY, news TEXT NOT NULL, received_at REAL NOT NULL)",
+]
+ADDED_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL NOT NULL DEFAULT 0", "server": "TEXT", "attempt": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0"}
 
 
-def _job_from_hash(key: str, fields: dict) -> Job | None:
-    if not fields:
-        return None
-    input_json = fields.get("input")
-    return Job(key, fields.get("prediction_id"), fields["status"], json.loads(input_json) if input_json else None,
-               fields.get("output_url"), fields.get("output_path"), fields.get("error"))
+def _create_tables(txn, now) -> None:
+    """The tables, and the columns a store made by the first version lacks (its rows are kept)."""
+    for statement in SCHEMA:
+        txn.db.execute(statement)
+    present = {row["name"] for row in txn.db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in present:
+            txn.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    txn.db.execute("INSERT OR IGNORE INTO predictions SELECT prediction_id, key FROM jobs WHERE prediction_id IS NOT NULL")
 
 
-def _job(row: sqlite3.Row) -> Job:
-    key, prediction_id, status, input_json, output_url, output_path, error = tuple(row)[:7]
-    return Job(key, prediction_id, status, json.loads(input_json) if input_json else None, output_url, output_path, error)
+class _SQLiteTransaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def job(self, key: str) -> Job | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        return job_from_record(dict(row)) if row else None
+
+    def key_of(self, prediction_id: str) -> str | None:
+        row = self.db.execute("SELECT key FROM predictions WHERE prediction_id = ?", (prediction_id,)).fetchone()
+        return row["key"] if row else None
+
+    def put(self, job: Job) -> None:
+        record = record_of(job)
+        names = ", ".join(record)
+        self.db.execute(f"INSERT OR REPLACE INTO jobs ({names}) VALUES ({', '.join('?' * len(record))})", tuple(record.values()))
+        if job.prediction_id:
+            self.db.execute("INSERT OR REPLACE INTO predictions VALUES (?, ?)", (job.prediction_id, job.key))
+
+    def pending(self, prediction_id: str) -> News | None:
+        row = self.db.execute("SELECT news FROM early_news WHERE prediction_id = ?", (prediction_id,)).fetchone()
+        return News(**json.loads(row["news"])) if row else None
+
+    def put_pending(self, news: News) -> None:
+        self.db.execute("DELETE FROM early_news WHERE received_at < ?", (time.time() - WEBHOOK_ID_TTL_S,))
+        self.db.execute("INSERT OR REPLACE INTO early_news VALUES (?, ?, ?)", (news.prediction_id, json.dumps(asdict(news)), time.time()))
+
+    def drop_pending(self, prediction_id: str) -> None:
+        self.db.execute("DELETE FROM early_news WHERE prediction_id = ?", (prediction_id,))
+
+    def seen(self, webhook_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM webhook_ids WHERE id = ?", (webhook_id,)).fetchone() is not None
+
+    def mark_seen(self, webhook_id: str) -> None:
+        self.db.execute("INSERT INTO webhook_ids VALUES (?, ?)", (webhook_id, time.time()))
+
+
+def record_of(job: Job) -> dict:
+    record = asdict(job)
+    record["input"] = json.dumps(job.input, sort_keys=True) if job.input is not None else None
+    return record
+
+
+def job_from_record(record: dict) -> Job:
+    """A Job from a SQLite row or a Redis hash (all strings), ignoring columns of older versions."""
+    values = {name: record.get(name) for name in JOB_FIELDS if record.get(name) is not None}
+    if "input" in values:
+        values["input"] = json.loads(values["input"])
+    for name, kind in (("heartbeat_at", float), ("updated_at", float), ("attempts", int)):
+        if name in values:
+            values[name] = kind(values[name])
+    return Job(**values)

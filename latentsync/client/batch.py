@@ -1,0 +1,188 @@
+"""Batches: one CSV row per job, run through a `LipSyncClient` (on Replicate or on a fleet).
+
+The CSV has a header row with the columns `video`, `audio` and `output` (paths or URLs; output a
+local path), and optionally columns named like the model's inputs (`guidance_scale`, `seed`,
+`version`, ...; an empty cell takes the default). Rows run `concurrency` at a time; identical
+rows make one prediction. A re-run is cheap: rows whose output already holds their job's result
+are skipped, jobs still running (in another process that stopped) are taken over, failed ones
+are tried again.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..files import sha256_of
+from .core import LipSyncError
+from .params import PARAMETERS, validate
+
+REQUIRED = ("video", "audio", "output")
+RESULT_FIELDS = ("row", "status", "output", "reason", "video", "audio", "job", "server", "attempts", "seconds")
+
+
+@dataclass
+class Row:
+    """One job of the batch, as read from its CSV (number: 1 for the first row after the header)."""
+
+    number: int
+    video: str
+    audio: str
+    output: str
+    params: dict = field(default_factory=dict)
+    error: str | None = None  # why the row cannot run, found while reading it
+
+
+@dataclass
+class RowResult:
+    row: int
+    status: str  # done | failed | skipped
+    output: str
+    reason: str = ""
+    video: str = ""
+    audio: str = ""
+    job: str = ""  # the job key
+    server: str = ""  # fleet: where it ran
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+def read_rows(path) -> list[Row]:
+    """The CSV's rows. Raises ValueError (one sentence) if its columns are wrong; a bad value only
+    marks its row (`Row.error`)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        columns = [name.strip() for name in reader.fieldnames or []]
+        missing = [name for name in REQUIRED if name not in columns]
+        if missing:
+            raise ValueError(f"{path.name} needs a header row with the columns video, audio and output; it lacks {', '.join(missing)}.")
+        unknown = [name for name in columns if name not in REQUIRED and name not in PARAMETERS]
+        if unknown:
+            raise ValueError(f"{path.name} has unknown column(s) {', '.join(unknown)}; besides video, audio and output, columns are the model's inputs: {', '.join(PARAMETERS)}.")
+        return [_row(number, {key.strip(): (value or "").strip() for key, value in record.items() if key}) for number, record in enumerate(reader, 1)]
+
+
+def _row(number: int, record: dict) -> Row:
+    row = Row(number, record["video"], record["audio"], record["output"])
+    try:
+        if not (row.video and row.audio and row.output):
+            raise ValueError("video, audio and output must not be empty.")
+        row.params = {name: _typed(name, text) for name, text in record.items() if name in PARAMETERS and text != ""}
+        validate(row.params)
+    except ValueError as error:
+        row.error = str(error)
+    return row
+
+
+def _typed(name: str, text: str):
+    kind = PARAMETERS[name].kind
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name} must be true or false, got {text!r}.")
+        return text.lower() in ("true", "1", "yes")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}.") from None
+    return text
+
+
+def run_batch(client, rows: list[Row], concurrency: int = 4, progress: bool = True) -> list[RowResult]:
+    """Run every row (`concurrency` at a time) and place each output; returns one result per row."""
+    from tqdm import tqdm
+
+    results = []
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, tqdm(total=len(rows), unit="job", disable=not progress) as bar:
+        futures = [pool.submit(run_row, client, row) for row in rows]
+        for future in as_completed(futures):
+            results.append(future.result())
+            counts = {status: sum(r.status == status for r in results) for status in ("done", "failed", "skipped")}
+            bar.set_postfix(counts, refresh=False)
+            bar.update()
+    return sorted(results, key=lambda result: result.row)
+
+
+def run_row(client, row: Row) -> RowResult:
+    """One row: skipped if its output already holds the job's result, else run and placed."""
+    started = time.time()
+    result = RowResult(row.number, "failed", row.output, video=row.video, audio=row.audio)
+    try:
+        if row.error:
+            raise ValueError(row.error)
+        key = client.job_key(row.video, row.audio, row.params)
+        result.job = key
+        job = client.store.get(key)
+        if job is not None and job.status == "succeeded" and _holds(Path(row.output), job.output_path):
+            result.status = "skipped"
+        else:
+            run = client.run(row.video, row.audio, **row.params)
+            place(run.path, Path(row.output))
+            job, result.status = run.job, "done"
+        result.server, result.attempts = job.server or "", job.attempts
+    except LipSyncError as error:
+        job = error.job
+        result.reason = one_sentence(job.error if job is not None and job.error else str(error))
+        if job is not None:
+            result.server, result.attempts = job.server or "", job.attempts
+    except (ValueError, OSError, TimeoutError) as error:
+        result.reason = one_sentence(str(error))
+    result.seconds = round(time.time() - started, 2)
+    return result
+
+
+def _holds(output: Path, job_output: str | None) -> bool:
+    """Whether `output` is a copy of the job's downloaded output."""
+    if not job_output or not output.is_file() or not Path(job_output).is_file():
+        return False
+    return output.stat().st_size == Path(job_output).stat().st_size and sha256_of(output) == sha256_of(job_output)
+
+
+def place(source: Path, target: Path) -> None:
+    """Copy `source` to `target` so that `target` is the old file or the whole new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def one_sentence(text: str) -> str:
+    """A failure's reason without the wrappers Cog and Replicate put around it, on one line."""
+    text = " ".join(text.split())
+    text = re.sub(r"^(Prediction failed: |Async prediction failed: )+", "", text)
+    text = re.sub(r"^[A-Z]\w*(Error|Exception): ", "", text)
+    return text[:300]
+
+
+def write_results(results: list[RowResult], path) -> None:
+    """The results as CSV, or as JSON when `path` ends in .json."""
+    path = Path(path)
+    records = [{name: asdict(result)[name] for name in RESULT_FIELDS} for result in results]
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(records, indent=2))
+        return
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def summary(results: list[RowResult], seconds: float) -> str:
+    """A table of the rows (status, output, reason) and the totals."""
+    lines = [("row", "status", "output", "reason")] + [(str(r.row), r.status, r.output, r.reason) for r in results]
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    table = ["  ".join(line[i].ljust(widths[i]) for i in range(3)) + "  " + line[3] for line in lines]
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "failed", "skipped")}
+    table.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {seconds:.1f} s")
+    return "\n".join(line.rstrip() for line in table)
