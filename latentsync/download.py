@@ -11,19 +11,19 @@ Credentials in URLs (user:password@, query values) never reach a log line or an 
 import logging
 import os
 import random
-import re
 import shutil
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from .config import weights_base_url
 from .files import read_json, write_json_atomically
+from .redaction import mask_credentials
 
 logger = logging.getLogger("latentsync.weights")
 
@@ -66,15 +66,10 @@ def discard(partial: Path) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with the credentials of URLs masked: user:password@ and query values in any URL,
-    and the parts of LATENTSYNC_WEIGHTS_BASE_URL that are secrets wherever they appear."""
-    text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
-    text = re.sub(r"(?<=[?&])([^=&#\s]+)=[^&#\s]+", r"\1=***", text)
+    """`text` with the credentials of URLs masked, and the secret parts of
+    LATENTSYNC_WEIGHTS_BASE_URL wherever they appear."""
     base = urlsplit(weights_base_url() or "")
-    secrets = [base.username, base.password, *(value for _, value in parse_qsl(base.query))]
-    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, "***").replace(unquote(secret), "***")
-    return text
+    return mask_credentials(text, [base.username, base.password, *(value for _, value in parse_qsl(base.query))])
 
 
 def _declared_size(client: httpx.Client, url: str, size: int | None, what: str) -> tuple[int, int | None]:

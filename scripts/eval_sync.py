@@ -53,13 +53,13 @@ class TrackScore:
 
 def score_video(video: Path, audio: Path, scorer: SyncNetScorer, detector, fps: float = MODEL_FPS) -> list[TrackScore]:
     """The sync scores of every face track of `video` (at least MIN_SECONDS long) against `audio`."""
-    info = probe_video(video)
+    info = probe_video(video, role=None)
     if info.duration < MIN_SECONDS:
         raise EvalError(f"{video.name} is {info.duration:.1f} s long; sync scores need at least {MIN_SECONDS:g} s of video.")
-    samples = load_audio(audio, AUDIO_SAMPLE_RATE)
+    samples = load_audio(audio, AUDIO_SAMPLE_RATE, role=None)
     if len(samples) < MIN_SECONDS * AUDIO_SAMPLE_RATE:
         raise EvalError(f"The audio of {audio.name} is {len(samples) / AUDIO_SAMPLE_RATE:.1f} s long; sync scores need at least {MIN_SECONDS:g} s.")
-    detections = [detector.detect(frame) for frame in read_frames(video, fps, info=info)]
+    detections = [detector.detect(frame) for frame in read_frames(video, fps, info=info, role=None)]
     tracks = [track for track in build_tracks(detections) if len(track.faces) >= MIN_SECONDS * fps]
     if not tracks:
         raise EvalError(f"No face was followed for {MIN_SECONDS:g} s or more in {video.name} ({len(detections)} frames checked); nothing to score.")
@@ -94,7 +94,7 @@ def _scored_pieces(video: Path, info, fps: float, tracks: list[Track], samples: 
         if result is not None:
             pieces.append((track_id, result, len(faces) - FRAMES_PER_SAMPLE))  # the windows it averaged over
 
-    for index, frame in enumerate(read_frames(video, fps, count=audio_frames, info=info)):
+    for index, frame in enumerate(read_frames(video, fps, count=audio_frames, info=info, role=None)):
         for track in tracks:
             if index not in track.faces:
                 continue

@@ -13,8 +13,8 @@ import pytest
 
 from latentsync.client import ClaimLost, Job, SQLiteStore, open_store
 from latentsync.client.jobs import News, claimed, is_live, merged, news_of
-from latentsync.client.store import redacted
 from latentsync.config import REPO_ROOT
+from latentsync.redaction import mask_credentials
 from tests.client_fixtures import redis_url, start_redis, store_spec  # noqa: F401 (fixtures)
 
 TTL = 0.5
@@ -180,16 +180,16 @@ def test_a_store_of_the_first_version_keeps_its_jobs(tmp_path):
 
 
 def test_a_redis_password_never_shows(tmp_path):
-    assert redacted("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert redacted("rediss://user:hunter2@cache.example:6380/1") == "rediss://user:***@cache.example:6380/1"
-    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert mask_credentials("redis://:hunter2@127.0.0.1:6379/0") == "redis://***@127.0.0.1:6379/0"
+    assert mask_credentials("rediss://user:hunter2@cache.example:6380/1") == "rediss://***@cache.example:6380/1"
+    assert mask_credentials("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     server, url = start_redis(tmp_path, password="hunter2")
     try:
         assert "hunter2" not in str(open_store(url))
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "REPLICATE_API_TOKEN": "r8_test"}
         status = subprocess.run([sys.executable, "-m", "latentsync.client", "--store", url, "status", "no-such-job"], capture_output=True, text=True, env=env)
         assert status.returncode == 1 and "no job 'no-such-job'" in status.stderr
-        assert "hunter2" not in status.stderr + status.stdout and ":***@127.0.0.1" in status.stderr
+        assert "hunter2" not in status.stderr + status.stdout and "redis://***@127.0.0.1" in status.stderr
         wrong = subprocess.run([sys.executable, "-m", "latentsync.client", "--store", url.replace("hunter2", "wrong-pass"), "status", "x"], capture_output=True, text=True, env=env)
         assert wrong.returncode == 1 and "wrong-pass" not in wrong.stderr + wrong.stdout
     finally:

@@ -61,10 +61,11 @@ def pipeline():
 def same_output_before_and_after(old_code, pipeline, video: Path, audio: Path, options: dict, folder: Path) -> dict:
     """Run the old and the new pipeline; assert equal frames and reports; return the report."""
     before, after = folder / "before.mp4", folder / "after.mp4"
-    subprocess.run(
+    old_run = subprocess.run(
         [sys.executable, "-c", OLD_PIPELINE, str(old_code), str(SHARED), str(video), str(audio), str(before), json.dumps(options), str(TINY_RESOLUTION)],
-        check=True, capture_output=True,
+        capture_output=True, text=True,
     )
+    assert old_run.returncode == 0, f"the pre-redesign code failed:\n{old_run.stderr[-3000:]}"
     report = pipeline(video, audio, after, LipsyncOptions(**options)).report.to_dict()
     old_report = json.loads(before.with_suffix(".report.json").read_text())
     assert {k: v for k, v in report.items() if k != "timings"} == {k: v for k, v in old_report.items() if k != "timings"}

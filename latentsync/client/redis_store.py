@@ -8,7 +8,8 @@ import redis
 from redis.exceptions import WatchError
 
 from .jobs import Job, News
-from .store import CLAIM_TTL_S, UPLOAD_TTL_S, WEBHOOK_ID_TTL_S, _Store, job_from_record, record_of, redacted
+from ..redaction import mask_credentials
+from .store import CLAIM_TTL_S, UPLOAD_TTL_S, WEBHOOK_ID_TTL_S, _Store, job_from_record, record_of
 
 
 class RedisStore(_Store):
@@ -22,7 +23,7 @@ class RedisStore(_Store):
         try:
             self.redis.ping()  # fail here, not on the first submit
         except redis.RedisError as error:
-            raise ConnectionError(f"The Redis job store at {redacted(url)} is not usable: {error}") from None
+            raise ConnectionError(f"The Redis job store at {mask_credentials(url)} is not usable: {error}") from None
 
     def get(self, key: str) -> Job | None:
         fields = self.redis.hgetall(f"{self.prefix}job:{key}")
@@ -56,7 +57,7 @@ class RedisStore(_Store):
         self.redis.set(f"{self.prefix}upload:{sha256}", record, ex=UPLOAD_TTL_S)
 
     def __str__(self) -> str:
-        return redacted(self.url)
+        return mask_credentials(self.url)
 
 
 class _RedisTransaction:

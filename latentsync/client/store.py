@@ -15,7 +15,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from .jobs import ClaimLost, Job, News, claimed, is_live, merged
 
@@ -34,15 +33,6 @@ def open_store(store, claim_ttl_s: float = CLAIM_TTL_S):
 
         return RedisStore(str(store), claim_ttl_s=claim_ttl_s)
     return SQLiteStore(store, claim_ttl_s=claim_ttl_s)
-
-
-def redacted(url: str) -> str:
-    """`url` with any password replaced by ***, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
 
 
 class _Store:
