@@ -219,19 +219,19 @@ def test_cut_points_prefer_pauses_near_the_limit():
 def test_long_inputs_fan_out_and_stitch(fake, tmp_path, media):
     folder = media["folder"]
     long_video, long_audio = folder / "long.mp4", folder / "long.wav"
-    ffmpeg("-stream_loop", 59, "-i", media["video"], "-t", 60, "-c:v", "libx264", "-crf", 28, "-an", long_video)
-    ffmpeg("-stream_loop", 7, "-i", speech(folder / "eight.wav", 8.0, start=0.5), "-t", 60, long_audio)
+    ffmpeg("-stream_loop", 29, "-i", media["video"], "-t", 30, "-c:v", "libx264", "-crf", 28, "-an", long_video)
+    ffmpeg("-stream_loop", 3, "-i", speech(folder / "eight.wav", 8.0, start=0.5), "-t", 30, long_audio)
     client = client_for(fake, tmp_path)
     fake.fail_next = 1  # one segment fails once and is retried alone
-    out = run_long(client, long_video, long_audio, tmp_path / "long_out.mp4", max_segment_s=20.0, concurrency=3)
+    out = run_long(client, long_video, long_audio, tmp_path / "long_out.mp4", max_segment_s=10.0, concurrency=3)
     assert creates(fake) == 4  # 3 segments + 1 retry
     info = probe(out)
-    assert abs(info.duration - 60.0) < 0.1 and abs(info.audio_duration - 60.0) < 0.1
+    assert abs(info.duration - 30.0) < 0.1 and abs(info.audio_duration - 30.0) < 0.1
     decoded = lambda path: np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", "8000", "-"], capture_output=True, check=True).stdout, np.int16).astype(float)
     original, stitched = decoded(long_audio), decoded(out)
     n = min(len(original), len(stitched))
     assert np.corrcoef(original[:n], stitched[:n])[0, 1] > 0.95  # the original audio, uncut
-    assert creates(fake) == 4 and run_long(client, long_video, long_audio, tmp_path / "again.mp4", max_segment_s=20.0) and creates(fake) == 4
+    assert creates(fake) == 4 and run_long(client, long_video, long_audio, tmp_path / "again.mp4", max_segment_s=10.0) and creates(fake) == 4
 
 
 def test_cli_run_and_status(fake, tmp_path, media):

@@ -82,7 +82,10 @@ def check_output(case, path: Path, report: dict | None) -> None:
         assert report["frames_generated"] == 0
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+SLOW_THROUGH_THE_LIBRARY = {"4k_60fps"}  # 2160x3840 decoding, detection and paste-back: 10 s on 2 cores
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_THROUGH_THE_LIBRARY else c for c in CASES], ids=[c.name for c in CASES])
 def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
     temp = tmp_path / "temp"
     output = tmp_path / "out.mp4"
@@ -254,6 +257,7 @@ def test_a_cancelled_prediction_stops_its_ffmpeg_processes_and_the_server_serves
     assert again["status"] == "succeeded", again.get("error")
 
 
+@pytest.mark.slow  # its own Cog server with two slots; the app and the fleet tests run concurrent jobs by default
 def test_two_predictions_at_once_stay_apart(tmp_path_factory):
     folder = tmp_path_factory.mktemp("concurrent")
     media = folder / "media"
@@ -293,6 +297,7 @@ KILLED_JOB = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a whole job in a subprocess killed while encoding, then one more
 def test_a_job_killed_midway_leaves_nothing_that_breaks_the_next(tmp_path):
     video = small_clip(tmp_path / "face.mp4", seconds=3.0, size="540:960")
     audio = speech(tmp_path / "speech.wav", 3.0)

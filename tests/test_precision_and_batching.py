@@ -57,7 +57,8 @@ def test_several_windows_per_unet_call_give_the_output_of_one_at_a_time(media):
 
 
 def test_bfloat16_on_the_cpu_runs_and_stays_close_to_float32(media):
-    video, audio, folder = media
+    video, _, folder = media
+    audio = speech(folder / "two.wav", 2.0, start=1.0)  # bfloat16 convolutions are slow on a CPU
     options = LipsyncOptions(num_inference_steps=2, skip_silence=False)
     faces = {}
     for precision in ("float32", "bfloat16"):

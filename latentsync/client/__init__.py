@@ -1,11 +1,11 @@
 """Companion client for the lip-sync model, on Replicate or on a fleet of self-hosted Cog servers:
 idempotent runs, webhooks, batches and long-video fan-out. See `LipSyncClient`."""
 
-from .core import LipSyncClient, LipSyncError, RunResult
+from .core import LipSyncClient, LipSyncError, RunResult, open_store
 from .jobs import ClaimLost, Job
 from .params import PARAMETERS, validate
 from .redis_store import RedisStore
-from .store import SQLiteStore, open_store
+from .store import SQLiteStore
 from .webhooks import handle_webhook, webhook_app
 
 __all__ = ["ClaimLost", "Job", "LipSyncClient", "LipSyncError", "PARAMETERS", "RedisStore", "RunResult", "SQLiteStore", "handle_webhook", "open_store", "run_long", "validate", "webhook_app"]

@@ -21,8 +21,7 @@ from pathlib import Path
 from .. import config
 from . import LipSyncClient, LipSyncError, run_long, webhook_app
 from .batch import read_rows, run_batch, summary, write_results
-from .core import DEFAULT_MODEL, DEFAULT_STORE
-from .store import open_store
+from .core import DEFAULT_MODEL, DEFAULT_STORE, open_store
 from .params import PARAMETERS
 
 

@@ -30,11 +30,21 @@ from .jobs import WAITING, Job, is_live
 from .params import validate
 from .inputs import is_url, local_file
 from .replicate_api import ReplicateBackend
-from .store import CLAIM_TTL_S, SQLiteStore, open_store
+from .redis_store import RedisStore
+from .store import CLAIM_TTL_S, SQLiteStore
 
 DEFAULT_MODEL = "bytedance/latentsync"
 CACHE_DIR = Path.home() / ".cache" / "latentsync"
 DEFAULT_STORE = CACHE_DIR / "client.sqlite"
+
+
+def open_store(store, claim_ttl_s: float = CLAIM_TTL_S):
+    """A job store from a store object, a redis:// or rediss:// URL, or the path of a SQLite file."""
+    if hasattr(store, "claim"):
+        return store
+    if str(store).startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(str(store), claim_ttl_s=claim_ttl_s)
+    return SQLiteStore(store, claim_ttl_s=claim_ttl_s)
 
 
 class LipSyncError(RuntimeError):

@@ -24,17 +24,6 @@ WEBHOOK_ID_TTL_S = 24 * 3600  # seen webhook ids and early news are kept this lo
 JOB_FIELDS = [field.name for field in fields(Job)]
 
 
-def open_store(store, claim_ttl_s: float = CLAIM_TTL_S):
-    """A job store from a store object, a redis:// or rediss:// URL, or the path of a SQLite file."""
-    if hasattr(store, "claim"):
-        return store
-    if str(store).startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisStore  # needs the redis package
-
-        return RedisStore(str(store), claim_ttl_s=claim_ttl_s)
-    return SQLiteStore(store, claim_ttl_s=claim_ttl_s)
-
-
 class _Store:
     """The store's operations. Each runs as one `_atomically(change)`: the backend calls
     `change(txn, now)` inside a transaction whose object reads (job, key_of, pending, seen) and
