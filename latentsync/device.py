@@ -6,6 +6,9 @@ nothing there); on CUDA as many as fit in free memory and in the footprint the o
 for that model (8 GB for 1.5, 18 GB for 1.6), so that the default never needs a bigger GPU.
 """
 
+import re
+import resource
+
 import torch
 
 GiB = 1024**3
@@ -50,3 +53,16 @@ def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | N
     if device.type == "cuda" and tensor.device.type == "cpu":
         tensor = tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device, dtype) if dtype is not None else tensor.to(device)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB.
+
+    Read from VmHWM: Linux starts a child's ru_maxrss at its parent's resident size at the fork,
+    so a subprocess of a big process would report the parent's memory instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1)) / 1024**2
+    except (OSError, AttributeError):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -2,14 +2,13 @@
 version, with the load's timings and memory logged."""
 
 import logging
-import resource
 import threading
 import time
 
 from .cache import ResultCache
 from .config import DEFAULT_VERSION, MAX_DURATION_S, compile_requested
 from .denoise import load_unet
-from .device import default_device, model_dtype
+from .device import default_device, model_dtype, peak_rss_gb
 from .logs import native_stderr_captured, warm_up
 from .pipeline import LipsyncPipeline
 from .weights import ensure_weights, load_manifest
@@ -51,8 +50,3 @@ class ModelVersions:
                 loaded = self._pipelines[self.default_version]
                 self._pipelines[version] = loaded.for_version(files, load_unet(files, self.device, self.dtype))
             return self._pipelines[version]
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -8,7 +8,6 @@ and the peak memory of whole jobs on 10 s, 60 s and 300 s inputs (tiny random mo
 
 import argparse
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from latentsync.config import shared_dir
+from latentsync.device import peak_rss_gb
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import create_detector
 from latentsync.media.decode import read_frames
@@ -140,7 +140,7 @@ def job_peak_rss(video: Path, audio: Path) -> float:
     with tempfile.TemporaryDirectory() as folder:
         pipeline = LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe")
         pipeline(video, audio, Path(folder) / "out.mp4", LipsyncOptions(num_inference_steps=1, skip_silence=False))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return peak_rss_gb()
 
 
 def long_input(seconds: float, folder: Path) -> tuple[Path, Path]:

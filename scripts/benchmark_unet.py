@@ -10,7 +10,6 @@ a whole window of steps with and without DeepCache.
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from latentsync.config import FRAMES_PER_WINDOW, load_yaml
 from latentsync.denoise import DEEPCACHE_INTERVAL, denoising_loop, load_scheduler
+from latentsync.device import peak_rss_gb
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.weights import load_manifest
 
@@ -42,10 +42,6 @@ def report_figures(results: dict, json_path=None) -> int:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2))
     return 0
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 class StepTimer:
