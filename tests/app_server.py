@@ -44,7 +44,7 @@ def running_app(folder: Path, version: str = "1.6"):
                     with contextlib.suppress(httpx.TransportError):
                         if httpx.get(url, timeout=5).status_code == 200:
                             break
-                    time.sleep(1)
+                    time.sleep(0.2)
                 else:
                     raise AssertionError((folder / "app.log").read_text()[-3000:])
                 yield url

@@ -3,6 +3,7 @@ fleet of several that tests can kill (a preempted GPU)."""
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -85,7 +86,7 @@ def _start(folder: Path, manifest: Path, args: list[str], env_extra: dict) -> Co
 def _wait_ready(server: CogServer, deadline: float) -> None:
     status = None
     while time.time() < deadline and status not in ("READY", "SETUP_FAILED") and server.process.poll() is None:
-        time.sleep(1)
+        time.sleep(0.2)
         try:
             status = server.client.get("/health-check").json()["status"]
         except httpx.TransportError:
@@ -93,12 +94,18 @@ def _wait_ready(server: CogServer, deadline: float) -> None:
     assert status == "READY", (server.folder / "server.log").read_text()[-3000:]
 
 
+@functools.cache
+def write_schema() -> None:
+    """.cog/openapi_schema.json for predict.py, once per test session (5 s: it imports the predictor)."""
+    subprocess.run([sys.executable, "-m", "scripts.cog_schema"], cwd=REPO_ROOT, check=True, capture_output=True)
+
+
 @contextlib.contextmanager
 def running_cog_servers(folder: Path, count: int, upload_url: str | None = None, **env_extra):
     """Yields `count` CogServers, all READY, sharing one weights file server. With `upload_url`
     they upload outputs there (Cog's --upload-url); `env_extra` is added to their environment
     (e.g. WEBHOOK_AUTH_TOKEN, COG_MAX_CONCURRENCY)."""
-    subprocess.run([sys.executable, "-m", "scripts.cog_schema"], cwd=REPO_ROOT, check=True, capture_output=True)
+    write_schema()
     with FileServer(folder / "files") as files:
         manifest = tiny_weights_manifest(folder, files.url)
         args = ["--upload-url", upload_url] if upload_url else []
