@@ -124,7 +124,7 @@ def test_temporary_files_are_removed(pipeline, clip, tmp_path):
 
 
 def test_seeded_runs_are_reproducible(pipeline, tmp_path):
-    clip = small_clip(tmp_path / "three.mp4", seconds=3.0)
+    clip = small_clip(tmp_path / "two.mp4", seconds=2.0)
     first = pipeline(clip, clip, tmp_path / "a.mp4", FAST)
     second = pipeline(clip, clip, tmp_path / "b.mp4", FAST)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
@@ -137,5 +137,5 @@ def test_seeded_runs_are_reproducible(pipeline, tmp_path):
     for span in first.report.spans:
         generated[round(span.start * 25) : round(span.end * 25)] = span.action == "generated"
     difference = np.abs(seed_a - seed_b).reshape(len(seed_a), -1)
-    assert generated.sum() > 50 and (difference[generated].max(axis=1) > 20).all()
+    assert generated.sum() > 40 and (difference[generated].max(axis=1) > 20).all()
     assert (difference[~generated].max(axis=1, initial=0) <= 2).all()  # the codec's noise at most
