@@ -1,4 +1,5 @@
-"""Where the models run: the device and dtype, and how many 16-frame windows share one U-Net call.
+"""Where the models run: the device and dtype, how many 16-frame windows share one U-Net call,
+and how much memory the process has taken.
 
 The official runs float16 on CUDA GPUs of compute capability 8 or newer and float32 elsewhere;
 bfloat16 can be chosen instead of float16. On the CPU one window goes at a time (batching buys

@@ -142,7 +142,7 @@ def _fetch_ranges(client: httpx.Client, url: str, partial: Path, total: int, wha
         write_json_atomically(sidecar, state)
     done, lock = set(state["done"]), threading.Lock()
 
-    def fetch(chunk):
+    def fetch_chunk(chunk):
         start, end = chunk
         _retrying(lambda: _fetch_range(client, url, partial, start, end, what), what)
         with lock:
@@ -151,7 +151,7 @@ def _fetch_ranges(client: httpx.Client, url: str, partial: Path, total: int, wha
 
     todo = [chunk for chunk in chunks if chunk[0] not in done]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHUNKS) as pool:
-        list(pool.map(fetch, todo))
+        list(pool.map(fetch_chunk, todo))
     sidecar.unlink(missing_ok=True)
 
 

@@ -4,10 +4,12 @@ ffmpeg binary, and frame comparisons."""
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from latentsync.media.decode import read_frames
 from latentsync.media.ffmpeg import run_ffmpeg as ffmpeg  # our own test media: trusted commands
 from latentsync.pipeline import LipsyncPipeline
+from latentsync.sync import SyncNet
 from latentsync.weights import ModelFiles
 from tests.conftest import ASSETS, REFERENCE
 
@@ -58,3 +60,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     squared = sum(int(np.sum((x.astype(np.int32) - y) ** 2, dtype=np.int64)) for x, y in pairs)
     mse = squared / a.size
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def random_syncnet_weights(path: Path) -> Path:
+    """Random SyncNet weights (seed 0) saved as syncnet_v2.model is: without num_batches_tracked."""
+    torch.manual_seed(0)
+    torch.save({k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path

@@ -6,20 +6,16 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from latentsync.face.detect import create_detector
-from latentsync.sync import VSHIFT, SyncNet, SyncNetScorer
+from latentsync.sync import VSHIFT, SyncNetScorer
 from scripts import eval_sync
-from tests.media import ffmpeg, small_clip, speech
+from tests.media import ffmpeg, random_syncnet_weights, small_clip, speech
 
 
 @pytest.fixture(scope="module")
 def syncnet_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
-    torch.save({k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
-    return path
+    return random_syncnet_weights(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model")
 
 
 @pytest.fixture(scope="module")

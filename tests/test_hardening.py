@@ -82,10 +82,15 @@ def check_output(case, path: Path, report: dict | None) -> None:
         assert report["frames_generated"] == 0
 
 
+def slow_where(cases, names: set[str]) -> list:
+    """`cases` as parameters, those named in `names` marked slow."""
+    return [pytest.param(case, marks=pytest.mark.slow, id=case.name) if case.name in names else pytest.param(case, id=case.name) for case in cases]
+
+
 SLOW_THROUGH_THE_LIBRARY = {"4k_60fps"}  # 2160x3840 decoding, detection and paste-back: 10 s on 2 cores
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_THROUGH_THE_LIBRARY else c for c in CASES], ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", slow_where(CASES, SLOW_THROUGH_THE_LIBRARY))
 def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
     temp = tmp_path / "temp"
     output = tmp_path / "out.mp4"
@@ -190,7 +195,7 @@ def corpus_files(corpus):
 SLOW_THROUGH_COG = {"ts_declaring_less_than_it_holds", "midstream_resolution_change"}  # outputs of 2 s, or 8K decoding
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_THROUGH_COG else c for c in HOSTILE], ids=[c.name for c in HOSTILE])
+@pytest.mark.parametrize("case", slow_where(HOSTILE, SLOW_THROUGH_COG))
 def test_hostile_cases_through_the_cog_server(case, corpus, corpus_files, server, tmp_path):
     """The hostile cases, as URLs (Cog keeps their names: patterns, dashes, newlines reach us)."""
     client, _, _ = server

@@ -8,9 +8,9 @@ import torch
 from latentsync.cache import ResultCache
 from latentsync.options import LipsyncOptions
 from latentsync.planner import NoFaceError
-from latentsync.sync import SyncNet, SyncNetScorer
+from latentsync.sync import SyncNetScorer
 from latentsync.media.probe import probe
-from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
+from tests.media import ffmpeg, frames, psnr, random_syncnet_weights, small_clip, speech, tiny_pipeline
 
 FAST = dict(num_inference_steps=1)
 
@@ -192,9 +192,7 @@ def test_no_face_anywhere_fails_with_a_clear_message(pipeline, clips):
 
 @pytest.fixture(scope="module")
 def scored_pipeline(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
-    torch.save({k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    path = random_syncnet_weights(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model")
     return tiny_pipeline(sync_scorer=SyncNetScorer(path, batch_size=16))
 
 
