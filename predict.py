@@ -81,6 +81,7 @@ class Predictor(BaseRunner):
             shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
+        self.record_metric("failed_windows", report["failed_windows"])  # kept their original frames: out of GPU memory
         if report.get("sync_confidence") is not None:
             self.record_metric("sync_confidence", report["sync_confidence"])
         if return_report:

@@ -137,6 +137,12 @@ def compile_requested() -> bool:
     return os.environ.get("LATENTSYNC_COMPILE", "0") == "1"
 
 
+def allow_cpu() -> bool:
+    """$LATENTSYNC_ALLOW_CPU=1: a server with a CUDA build of PyTorch may run on the CPU (otherwise
+    setup fails when it finds no GPU)."""
+    return os.environ.get("LATENTSYNC_ALLOW_CPU", "0") == "1"
+
+
 def shared_dir() -> Path:
     """The provided test media and reference vectors: $LATENTSYNC_SHARED_DIR, else ../shared."""
     return Path(os.environ.get("LATENTSYNC_SHARED_DIR") or DEFAULT_SHARED_DIR)

@@ -51,6 +51,7 @@ class JobReport:
     unet_window_steps_every_frame: int  # ... had every frame been regenerated once
     options: dict
     timings: dict  # seconds per stage
+    failed_windows: int = 0  # windows that kept their original frames (out of GPU memory even with every memory saver)
     cache: str | None = None  # "hit" or "miss" when a result cache answered
 
     def to_dict(self) -> dict:
@@ -86,6 +87,7 @@ def build_report(plan: Plan, rendered: RenderResult, options: LipsyncOptions, ve
         unet_window_steps_every_frame=math.ceil(total / FRAMES_PER_WINDOW) * options.num_inference_steps,
         options=json.loads(json.dumps(asdict(options))),  # tuples as lists, as the JSON has them
         timings={stage: round(seconds, 3) for stage, seconds in timings.items()},
+        failed_windows=rendered.failed_windows,
     )
 
 
