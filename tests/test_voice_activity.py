@@ -30,6 +30,7 @@ from tests.media import frames, psnr, small_clip, tiny_files
 
 GAP_S = 3.0
 GAP_POSITIONS = (0.3, 0.55, 0.8)  # where a gap is cut into the speech, as a share of its length
+GAP_KINDS = ("silence", "music", "music over a music bed", "room noise")
 MIN_GAP_PAUSED = 0.85  # every gap without a voice is at least this much pause ...
 MAX_SPEECH_PAUSED = 0.03  # ... and at most this share of the speech is
 MUSIC_BED_DB = -12  # a music bed this far under the speech
@@ -151,7 +152,7 @@ def table_row(name, pauses, gap, regions) -> str:
 
 
 @pytest.mark.parametrize("position", GAP_POSITIONS)
-@pytest.mark.parametrize("kind", ["silence", "music", "music over a music bed", "room noise"])
+@pytest.mark.parametrize("kind", GAP_KINDS)
 def test_a_gap_without_a_voice_is_a_pause_and_the_speech_is_not(demo2, kind, position):
     samples, gap, regions = gap_mix(demo2, kind, position)
     pauses = silent_spans(samples)
