@@ -25,6 +25,7 @@ from latentsync.audio import (
 )
 from latentsync.config import AUDIO_SAMPLE_RATE as SR
 from latentsync.media.decode import load_audio
+from latentsync.planner import Action, Span, label_pauses
 from scripts import inference
 from tests.media import frames, psnr, small_clip, tiny_files
 
@@ -179,6 +180,14 @@ def test_speech_throughout_is_not_a_pause(demo2, under):
 
 def test_pauses_name_their_detector(demo1):
     assert silent_spans(demo1).detector == f"silero-vad {importlib.metadata.version('silero-vad')}"
+
+
+def test_only_silence_spans_holding_a_detected_pause_name_the_detector():
+    spans = [Span(0, 10, Action.GENERATED), Span(10, 20, Action.SILENCE), Span(20, 30, Action.GENERATED), Span(30, 40, Action.SILENCE)]
+    silent = np.arange(40) // 10 == 1  # frames 30-39 are silence past the audio's end, not a pause
+    labelled = label_pauses(spans, silent, "silero-vad 6.2.3")
+    assert [span.details for span in labelled] == [{}, {"detector": "silero-vad 6.2.3"}, {}, {}]
+    assert all(not span.details for span in label_pauses(spans[:1] + [Span(10, 20, Action.SILENCE)], silent, None))
 
 
 # ---- the detector on speech alone ------------------------------------------------------------------
