@@ -24,10 +24,10 @@ from latentsync.audio import (
     voice_activity,
 )
 from latentsync.config import AUDIO_SAMPLE_RATE as SR
-from latentsync.media.decode import load_audio
 from latentsync.planner import Action, Span, label_pauses
 from scripts import inference
 from tests.media import frames, psnr, small_clip, tiny_files
+from tests.test_audio import demo1, demo2  # noqa: F401 (fixtures: the demo speech as samples)
 
 GAP_S = 3.0
 GAP_POSITIONS = (0.3, 0.55, 0.8)  # where a gap is cut into the speech, as a share of its length
@@ -37,16 +37,6 @@ MAX_SPEECH_PAUSED = 0.03  # ... and at most this share of the speech is
 MUSIC_BED_DB = -12  # a music bed this far under the speech
 ROOM_NOISE_DB = -25  # room noise under the speech
 NOISE_GAP_DB = -20  # a gap of room noise alone
-
-
-@pytest.fixture(scope="module")
-def demo1(assets):
-    return load_audio(assets / "demo1_audio.wav")
-
-
-@pytest.fixture(scope="module")
-def demo2(assets):
-    return load_audio(assets / "demo2_audio.wav")
 
 
 # ---- generated sound ------------------------------------------------------------------------------
