@@ -10,7 +10,7 @@ Typical use:
     encoder = AudioEncoder("checkpoints/whisper/tiny.pt")
     features = encoder.features("speech.wav")          # (T, 5, 384), encoded lazily
     chunks = frame_chunks(features, start=0, count=16)  # (16, 50, 384) for video frames 0..15
-    pauses = silent_spans(samples)                      # [(start_s, end_s)], no voice in them
+    pauses = silent_spans(load_audio("dub.wav"))        # [(start_s, end_s)] without a voice
 """
 
 import functools
@@ -399,18 +399,18 @@ def _edges_by_level(runs: list[tuple[int, int, bool]], k: int, levels: np.ndarra
     EDGE_RISE_DB)."""
     start, end, _ = runs[k]
     pause_level, lookback = np.median(levels[start:end]), round(EDGE_LOOKBACK_S / VAD_FRAME_S)
-    if k > 0:  # the speech before it: end that where the level falls to the pause's
-        first = runs[k - 1][0]
-        if pause_level <= np.median(levels[first:start]) - EDGE_RISE_DB:
-            while start > max(first + 1, runs[k][0] - lookback) and levels[start - 1] <= pause_level + PAUSE_LEVEL_DB:
-                start -= 1
-    if k + 1 < len(runs):  # the speech after it: start that where the level rises out of the pause
+    new_start, new_end = start, end
+    if k > 0:  # the speech before the pause ends where the level falls to the pause's
+        speech_start = runs[k - 1][0]
+        if pause_level <= np.median(levels[speech_start:start]) - EDGE_RISE_DB:
+            while new_start > max(speech_start + 1, start - lookback) and levels[new_start - 1] <= pause_level + PAUSE_LEVEL_DB:
+                new_start -= 1
+    if k + 1 < len(runs):  # the speech after it starts where the level rises out of the pause
         audible = max(pause_level + EDGE_RISE_DB, np.median(levels[end : runs[k + 1][1]]) - SPEECH_RANGE_DB)
-        onset = end
-        while onset > max(start + 1, end - lookback) and levels[onset - 1] > audible:
-            onset -= 1
-        end = min(onset, end - 1)
-    return start, end
+        while new_end > max(start + 1, end - lookback) and levels[new_end - 1] > audible:
+            new_end -= 1
+        new_end = min(new_end, end - 1)
+    return new_start, new_end
 
 
 def _smooth(speech: np.ndarray, onset: int, hangover: int) -> np.ndarray:
