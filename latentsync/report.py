@@ -31,6 +31,7 @@ class ReportSpan:
     sync_confidence_before: float | None = None  # the score before it was regenerated
     regenerated_with_guidance: float | None = None
     reason: str | None = None  # why a span was passed through
+    detector: str | None = None  # what found the pause of a silence span, e.g. "silero-vad 6.2.3"
 
     def to_dict(self) -> dict:
         return {name: value for name, value in asdict(self).items() if value is not None or name == "sync_confidence"}
@@ -95,7 +96,7 @@ def span_entries(span: Span, outcome: SpanOutcome | None, fps: float) -> list[Re
     """Report rows for a planned span; windows that failed inside a generated span get rows of
     their own (passed through, with the error)."""
     action = (outcome.action if outcome else span.action).value
-    details = outcome.details if outcome else {}
+    details = outcome.details if outcome else span.details
     pieces, cursor = [], span.start
     for window in outcome.failed_windows if outcome else []:
         if window.frames.start > cursor:

@@ -88,6 +88,37 @@ def cold_setup() -> dict:
     return {"seconds": round(time.perf_counter() - tick, 1), "checkpoint_gb": round(checkpoint.stat().st_size / 1e9, 2), "note": "full-size U-Net; VAE and Whisper are the tiny test models"}
 
 
+def voice_activity() -> dict:
+    """silero-vad on 10 minutes of speech (demo2 repeated; best of 3 runs, one thread), and the
+    share of each gap that is a pause in the test corpus's mixes of demo2 (the worst of three
+    places), and of the speech."""
+    import numpy as np
+
+    from latentsync.audio import pause_detector, silent_spans
+    from latentsync.config import AUDIO_SAMPLE_RATE
+    from latentsync.media.decode import load_audio
+    from tests.test_voice_activity import GAP_KINDS, GAP_POSITIONS, GAP_S, gap_mix, paused, speech_share_paused
+
+    speech = load_audio(SHARED_ASSETS / "demo2_audio.wav")
+    audio = np.resize(speech, 600 * AUDIO_SAMPLE_RATE)
+    silent_spans(audio[:AUDIO_SAMPLE_RATE])  # loads the model
+    seconds = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        silent_spans(audio)
+        seconds.append(time.perf_counter() - tick)
+    shares = {}
+    for kind in GAP_KINDS:
+        gap_paused, speech_paused = [], []
+        for position in GAP_POSITIONS:
+            samples, gap, regions = gap_mix(speech, kind, position)
+            pauses = silent_spans(samples)
+            gap_paused.append(paused(pauses, *gap) / GAP_S)
+            speech_paused.append(speech_share_paused(pauses, regions))
+        shares[kind] = {"gap_paused": round(min(gap_paused), 3), "speech_paused": round(max(speech_paused), 4)}
+    return {"detector": pause_detector(), "seconds_10_min": round(min(seconds), 2), "seconds_per_minute": round(min(seconds) / 10, 3), "demo2_mixes": shares}
+
+
 def markdown(results: dict) -> str:
     lines = ["| measurement | figure |", "| --- | --- |"]
     stages = results.get("stages", {})
@@ -119,6 +150,11 @@ def markdown(results: dict) -> str:
             f"| U-Net window-steps avoided (pause + cut-away spliced into the demos) | {100 * work['window_steps_avoided']:.0f}% "
             f"({work['unet_window_steps']} of {work['unet_window_steps_every_frame']}; frames {work['frames_by_action']}) |"
         )
+    vad = results.get("vad")
+    if vad:
+        lines.append(f"| voice activity ({vad['detector']}, ONNX, one thread), 10 min of speech | {vad['seconds_10_min']} s ({vad['seconds_per_minute']} s per minute of audio) |")
+        for kind, share in vad["demo2_mixes"].items():
+            lines.append(f"| pause found in a 3 s gap of {kind} cut into demo2 (worst of 3 places) / speech called a pause | {100 * share['gap_paused']:.0f}% / {100 * share['speech_paused']:.1f}% |")
     setup = results.get("setup")
     if setup:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
@@ -179,7 +215,7 @@ def plots(results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "setup"], choices=["stages", "memory", "unet", "work", "setup", "gpu"])
+    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "vad", "setup"], choices=["stages", "memory", "unet", "work", "vad", "setup", "gpu"])
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     path = OUT / "benchmark.json"
@@ -198,6 +234,8 @@ def main(argv=None) -> int:
             )
         elif section == "work":
             results["work"] = work_avoided()
+        elif section == "vad":
+            results["vad"] = voice_activity()
         elif section == "setup":
             results["setup"] = cold_setup()
         elif section == "gpu" and torch.cuda.is_available():
