@@ -190,12 +190,13 @@ class S3Storage(Storage):
         return head["ContentLength"] == size and head.get("Metadata", {}).get("sha256") == sha256
 
     def _write(self, source: Path, name: str, sha256: str) -> None:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"}  # the store checks each part on arrival
         try:
             self.s3.upload_file(str(source), self.bucket, self.key(name), ExtraArgs=extra)
-        except (BotoCoreError, ClientError) as error:
+        except (BotoCoreError, ClientError, Boto3Error) as error:
             raise StorageError(_s3_reason(error)) from None
 
     def _read(self, name: str, target: Path) -> str:
@@ -209,7 +210,7 @@ class S3Storage(Storage):
 
 
 def _s3_reason(error) -> str:
-    """What went wrong, in a few words and without a signed URL or key."""
+    """What went wrong, in a few words: S3's error code (never a signed URL, a key or a local path)."""
     response = getattr(error, "response", None) or {}
-    code = response.get("Error", {}).get("Code")
-    return mask_credentials(f"S3 answered {code}" if code else type(error).__name__ + ": " + str(error))
+    code = response.get("Error", {}).get("Code") or next(iter(re.findall(r"An error occurred \((\w+)\)", str(error))), None)
+    return f"S3 answered {code}" if code else f"S3 could not be reached ({type(error).__name__})"
