@@ -5,13 +5,18 @@ client's cancel, a busy or dying Cog server, late news of a lost attempt, webhoo
 `handle_webhook`."""
 
 import hashlib
-import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from latentsync.client import LipSyncClient
+from latentsync.client.__main__ import describe_queue
+from latentsync.config import REPO_ROOT
 from latentsync.client.jobs import News
 from latentsync.client.queue import JobQueue
 from latentsync.worker.cog import CogError
@@ -182,3 +187,75 @@ def test_outputs_sent_inline_are_stored_too(queue_url, storage_url, tmp_path, in
         result = client.run(*inputs, seed=12, timeout=30)
     assert result.path.read_bytes().startswith(f"output 0 of {result.job.key}".encode())
     assert result.job.output_url == f"{storage_url}/outputs/{hashlib.sha256(result.path.read_bytes()).hexdigest()}.mp4"
+
+
+def batch_command(queue_url, storage_url, jobs, *extra):  # noqa: F811
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "latentsync.client", "batch", str(jobs), "--queue", queue_url, "--storage", storage_url, *extra]
+    return command, env
+
+
+def write_rows(tmp_path, inputs, seeds) -> Path:
+    jobs = tmp_path / "jobs.csv"
+    lines = ["video,audio,output,seed"] + [f"{inputs[0]},{inputs[1]},{tmp_path / f'out{seed}.mp4'},{seed}" for seed in seeds]
+    jobs.write_text("\n".join(lines) + "\n")
+    return jobs
+
+
+def test_jobs_outlive_a_client_killed_after_queueing_and_a_rerun_collects_them(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
+    jobs = write_rows(tmp_path, inputs, (31, 32, 33))
+    command, env = batch_command(queue_url, storage_url, jobs)
+    client = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    queue = JobQueue(queue_url)
+    wait_for(lambda: queue.redis.xlen(queue.stream) == 3, timeout=60, what="the rows in the queue")
+    client.kill()  # right after queueing: nobody waits for the jobs now
+    client.wait(timeout=10)
+    worker = workers("gpu-a")
+    wait_for(lambda: queue.redis.xlen(queue.stream) == 0, timeout=30, what="the jobs to finish")
+    assert len(worker.cog.started) == 3
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "3 done, 0 failed, 0 skipped" in again.stdout, again.stdout + again.stderr
+    assert len(worker.cog.started) == 3  # collected, not run again
+    assert all((tmp_path / f"out{seed}.mp4").read_bytes().startswith(b"output ") for seed in (31, 32, 33))
+
+
+def test_detach_queues_the_rows_and_a_rerun_collects_them(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
+    jobs = write_rows(tmp_path, inputs, (41, 42))
+    command, env = batch_command(queue_url, storage_url, jobs)
+    detached = subprocess.run([*command, "--detach"], env=env, capture_output=True, text=True, timeout=120)
+    assert detached.returncode == 0 and "0 done, 0 failed, 0 skipped, 2 queued" in detached.stdout, detached.stdout + detached.stderr
+    worker = workers("gpu-a")
+    queue = JobQueue(queue_url)
+    wait_for(lambda: queue.redis.xlen(queue.stream) == 0, timeout=30, what="the jobs to finish")
+    status = subprocess.run([sys.executable, "-m", "latentsync.client", "status", "--queue", queue_url], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "0 waiting, 0 in flight, 1 workers" in status.stdout and "worker gpu-a" in status.stdout and "2 done" in status.stdout
+    collected = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert "2 done, 0 failed, 0 skipped" in collected.stdout and len(worker.cog.started) == 2
+
+
+def test_a_worker_started_after_the_batch_began_takes_jobs(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
+    first = workers("gpu-a", run_seconds=1.0)
+    with client_of(queue_url, storage_url, tmp_path) as client:
+        jobs = [client.submit(*inputs, seed=seed) for seed in range(50, 56)]
+        wait_for(lambda: first.cog.running, what="the first job to start")
+        late = workers("gpu-late", run_seconds=1.0)
+        finished = [client.wait(job, timeout=60) for job in jobs]
+    assert all(job.status == "succeeded" for job in finished)
+    assert late.cog.started and {job.server for job in finished} == {"gpu-a", "gpu-late"}
+
+
+def test_the_queue_status_shows_waiting_running_and_lost_jobs(queue_url, storage_url, tmp_path, inputs):  # noqa: F811
+    with client_of(queue_url, storage_url, tmp_path) as client:
+        for seed in (61, 62):
+            client.submit(*inputs, seed=seed)
+        queue = JobQueue(queue_url, lease_s=0.2)
+        delivery = queue.next("gpu-x", block_s=1)
+        queue.take(delivery)
+        queue.beat("gpu-x", "running", delivery.key, done=3, failed=1)
+        time.sleep(0.3)
+        overview = queue.overview()
+    assert overview["depth"] == 1 and [item["job"] for item in overview["in_flight"]] == [delivery.key]
+    assert overview["in_flight"][0]["worker"] == "gpu-x" and overview["in_flight"][0]["lease_ran_out"]
+    assert overview["workers"]["gpu-x"]["job"] == delivery.key and overview["workers"]["gpu-x"]["done"] == 3
+    text = describe_queue(overview)
+    assert text.startswith("1 waiting, 1 in flight, 1 workers") and "LEASE RAN OUT" in text
