@@ -169,3 +169,102 @@ def test_sigterm_puts_the_job_back_within_seconds(place, tmp_path):
         with start_worker(place, "gpu-next"):
             result = client.wait(job, timeout=600)
         assert (result.status, result.server, result.attempts) == ("succeeded", "gpu-next", 2)
+
+
+class Namespaces:
+    """Two network namespaces: "svc" holds Redis and the S3 emulator, "gpu" the worker. The gpu
+    namespace is linked to svc only, and svc forwards nothing, so the worker reaches Redis and the
+    storage and nothing else (not this machine, not the client); this machine reaches svc."""
+
+    def __init__(self):
+        tag = os.urandom(2).hex()
+        self.subnet = int(tag, 16) % 250 + 1
+        self.svc, self.gpu = f"lsq-svc-{tag}", f"lsq-gpu-{tag}"
+        self.root_link = f"lqr{tag}"
+        self.root_ip, self.svc_ip = f"10.231.{self.subnet}.1", f"10.231.{self.subnet}.2"  # this machine <-> svc
+        self.svc_inner_ip, self.gpu_ip = f"10.232.{self.subnet}.1", f"10.232.{self.subnet}.2"  # svc <-> gpu
+
+    def __enter__(self):
+        for command in [
+            f"ip netns add {self.svc}", f"ip netns add {self.gpu}",
+            f"ip link add {self.root_link} type veth peer name lqs{self.root_link[3:]}", f"ip link set lqs{self.root_link[3:]} netns {self.svc}",
+            f"ip addr add {self.root_ip}/30 dev {self.root_link}", f"ip link set {self.root_link} up",
+            f"ip netns exec {self.svc} ip addr add {self.svc_ip}/30 dev lqs{self.root_link[3:]}", f"ip netns exec {self.svc} ip link set lqs{self.root_link[3:]} up",
+            f"ip netns exec {self.svc} ip link add lqt{self.root_link[3:]} type veth peer name lqg{self.root_link[3:]}",
+            f"ip netns exec {self.svc} ip link set lqg{self.root_link[3:]} netns {self.gpu}",
+            f"ip netns exec {self.svc} ip addr add {self.svc_inner_ip}/30 dev lqt{self.root_link[3:]}", f"ip netns exec {self.svc} ip link set lqt{self.root_link[3:]} up",
+            f"ip netns exec {self.gpu} ip addr add {self.gpu_ip}/30 dev lqg{self.root_link[3:]}", f"ip netns exec {self.gpu} ip link set lqg{self.root_link[3:]} up",
+            f"ip netns exec {self.svc} ip link set lo up", f"ip netns exec {self.gpu} ip link set lo up",
+        ]:
+            subprocess.run(command.split(), check=True, capture_output=True)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "link", "del", self.root_link], capture_output=True)
+        for name in (self.gpu, self.svc):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def prefix(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", name]
+
+
+def netns_unavailable() -> str | None:
+    """Why this machine cannot make network namespaces, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe_name = f"lsq-probe-{os.urandom(2).hex()}"
+    made = subprocess.run(["ip", "netns", "add", probe_name], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot make a network namespace here: {made.stderr.strip() or 'ip netns add failed'}"
+    subprocess.run(["ip", "netns", "del", probe_name], capture_output=True)
+    return None
+
+
+@pytest.mark.slow  # a Cog server starts in its own network namespace (about a minute on 2 cores)
+def test_a_worker_that_reaches_only_redis_and_the_storage_works(place, tmp_path):
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from latentsync.client import LipSyncClient
+
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with Namespaces() as ns:
+        services = [
+            subprocess.Popen([*ns.prefix(ns.svc), "redis-server", "--bind", ns.svc_ip, ns.svc_inner_ip, "--port", "6379", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL),
+            subprocess.Popen([*ns.prefix(ns.svc), sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]
+        try:
+            wait_for(lambda: _answers(ns.svc_ip, 6379) and _answers(ns.svc_ip, 5000), timeout=60, what="Redis and S3 in their namespace")
+            for name, value in {**credentials, "AWS_ENDPOINT_URL": f"http://{ns.svc_ip}:5000"}.items():
+                os.environ[name] = value
+            import boto3
+
+            boto3.client("s3").create_bucket(Bucket="lipsync")
+            folder = tmp_path / "gpu-ns"
+            env = {**real_cog_env(folder, place["manifest"]), **credentials, "AWS_ENDPOINT_URL": f"http://{ns.svc_inner_ip}:5000",
+                   "LATENTSYNC_WEIGHTS_DIR": str(place["folder"] / "files")}  # the weights are on its disk: it fetches nothing else
+            command = [sys.executable, "-m", "latentsync.worker", "--queue", f"redis://{ns.svc_inner_ip}:6379/0", "--storage", "s3://lipsync/jobs", "--name", "gpu-ns"]
+            # the worker's namespace reaches nothing but svc: not this machine's address, not the weights server
+            cut_off = subprocess.run([*ns.prefix(ns.gpu), sys.executable, "-c", f"import socket; s = socket.socket(); s.settimeout(3); print(s.connect_ex(('{ns.root_ip}', 22)))"], capture_output=True, text=True)
+            assert cut_off.stdout.strip() not in ("0", ""), cut_off
+            with worker_process(folder, command, env, prefix=ns.prefix(ns.gpu)):
+                queue_url = f"redis://{ns.svc_ip}:6379/0"
+                wait_for(lambda: JobQueue(queue_url).overview()["workers"].get("gpu-ns", {}).get("state") == "idle", timeout=300, what="the worker in its namespace")
+                with LipSyncClient(queue=queue_url, storage="s3://lipsync/jobs", output_dir=tmp_path / "out", poll_interval=0.2) as client:
+                    result = client.run(place["media"]["video"], place["media"]["audio"], seed=23, timeout=600)
+                assert result.job.server == "gpu-ns" and result.job.output_url.startswith("s3://lipsync/jobs/outputs/")
+                assert probe(result.path).has_video
+        finally:
+            for name in list(credentials) + ["AWS_ENDPOINT_URL"]:
+                os.environ.pop(name, None)
+            for service in services:
+                service.kill()
+                service.wait(timeout=10)
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0

@@ -7,8 +7,8 @@ these same rules inside their transactions, so both behave alike.
   prediction or as an entry of the self-hosted queue (see `latentsync.client.queue`).
 - Every change an owner makes is fenced by its token: once another owner has taken the job over
   (the first one stopped refreshing for `ttl` seconds), the first one's writes are refused.
-- A take-over keeps what the previous owner may have started (its input, prediction, server and
-  dispatch), so the new owner looks for that prediction before creating another.
+- A take-over keeps what the previous owner may have started (its input and prediction), so the
+  new owner looks for that prediction before creating another.
 - News of a prediction (a create's answer, a poll, a webhook) only moves a job forward:
   starting < processing < succeeded | failed | canceled. A late or repeated message changes
   nothing, and news of another prediction than the job's current one is ignored.
@@ -79,13 +79,12 @@ def is_live(job: Job | None, now: float, ttl: float) -> bool:
 
 
 def claimed(job: Job | None, key: str, token: str, input: dict | None, now: float) -> Job:
-    """The job once `token` claims it: a finished (or new) job starts afresh; a take-over keeps
-    the previous owner's input, prediction, server and dispatch so the new owner can look for
-    them (a create that was under way becomes "uncertain")."""
+    """The job once `token` claims it: a finished (or new) job starts afresh; a take-over of a
+    claim whose owner stopped keeps its input and prediction and becomes "uncertain" (its create
+    may have gone through: the new owner looks for it first)."""
     if job is None or job.finished:
         return Job(key, input=input, owner=token, heartbeat_at=now, updated_at=now)
-    status = "uncertain" if job.status in ("claimed", "uncertain") else job.status
-    return replace(job, status=status, input=job.input or input, owner=token, heartbeat_at=now, updated_at=now)
+    return replace(job, status="uncertain", input=job.input or input, owner=token, heartbeat_at=now, updated_at=now)
 
 
 def merged(job: Job, news: News, now: float) -> Job | None:
