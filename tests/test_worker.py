@@ -228,9 +228,11 @@ def test_a_worker_that_reaches_only_redis_and_the_storage_works(place, tmp_path)
     from latentsync.client import LipSyncClient
 
     credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    password = os.urandom(8).hex()  # Redis off the loopback wants one (and the worker takes it from its environment)
     with Namespaces() as ns:
         services = [
-            subprocess.Popen([*ns.prefix(ns.svc), "redis-server", "--bind", ns.svc_ip, ns.svc_inner_ip, "--port", "6379", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL),
+            subprocess.Popen([*ns.prefix(ns.svc), "redis-server", "--bind", ns.svc_ip, ns.svc_inner_ip, "--port", "6379", "--save", "", "--appendonly", "no",
+                              "--requirepass", password, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL),
             subprocess.Popen([*ns.prefix(ns.svc), sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
         try:
@@ -242,13 +244,14 @@ def test_a_worker_that_reaches_only_redis_and_the_storage_works(place, tmp_path)
             boto3.client("s3").create_bucket(Bucket="lipsync")
             folder = tmp_path / "gpu-ns"
             env = {**real_cog_env(folder, place["manifest"]), **credentials, "AWS_ENDPOINT_URL": f"http://{ns.svc_inner_ip}:5000",
-                   "LATENTSYNC_WEIGHTS_DIR": str(place["folder"] / "files")}  # the weights are on its disk: it fetches nothing else
-            command = [sys.executable, "-m", "latentsync.worker", "--queue", f"redis://{ns.svc_inner_ip}:6379/0", "--storage", "s3://lipsync/jobs", "--name", "gpu-ns"]
+                   "LATENTSYNC_WEIGHTS_DIR": str(place["folder"] / "files"),  # the weights are on its disk: it fetches nothing else
+                   "LATENTSYNC_QUEUE_URL": f"redis://:{password}@{ns.svc_inner_ip}:6379/0"}
+            command = [sys.executable, "-m", "latentsync.worker", "--storage", "s3://lipsync/jobs", "--name", "gpu-ns"]
             # the worker's namespace reaches nothing but svc: not this machine's address, not the weights server
             cut_off = subprocess.run([*ns.prefix(ns.gpu), sys.executable, "-c", f"import socket; s = socket.socket(); s.settimeout(3); print(s.connect_ex(('{ns.root_ip}', 22)))"], capture_output=True, text=True)
             assert cut_off.stdout.strip() not in ("0", ""), cut_off
             with worker_process(folder, command, env, prefix=ns.prefix(ns.gpu)):
-                queue_url = f"redis://{ns.svc_ip}:6379/0"
+                queue_url = f"redis://:{password}@{ns.svc_ip}:6379/0"
                 wait_for(lambda: JobQueue(queue_url).overview()["workers"].get("gpu-ns", {}).get("state") == "idle", timeout=300, what="the worker in its namespace")
                 with LipSyncClient(queue=queue_url, storage="s3://lipsync/jobs", output_dir=tmp_path / "out", poll_interval=0.2) as client:
                     result = client.run(place["media"]["video"], place["media"]["audio"], seed=23, timeout=600)
