@@ -51,7 +51,7 @@ class InProcessWorker:
     def __init__(self, queue_url: str, storage_url: str, folder: Path, name: str, lease_s: float = 2.0, inline: bool = False, **settings):
         folder.mkdir(parents=True, exist_ok=True)
         self.queue = JobQueue(queue_url, lease_s=lease_s, max_attempts=settings.pop("max_attempts", 3))
-        self.files = LoopbackFiles(folder)
+        self.files = LoopbackFiles(folder).start()
         self.cog = FakeCog(upload_url=None if inline else self.files.upload_url, run_seconds=settings.pop("run_seconds", 0.3))
         self.worker = Worker(self.queue, open_storage(storage_url), LocalCog(self.cog.url), self.files, name, folder, idle_block_s=0.2, **settings)
         self.error = None

@@ -41,6 +41,14 @@ def expected_output(cog, key: str, number: int, video: bytes, audio: bytes) -> b
     return f"output {number} of {key} from {digests[0]} and {digests[1]}".encode()
 
 
+def held_job(client, worker, inputs, seed: int):
+    """A job running on `worker`, whose prediction does not finish until the test lets it."""
+    worker.cog.hold.set()
+    job = client.submit(*inputs, seed=seed)
+    wait_for(lambda: worker.cog.running, what="the prediction to start")
+    return job
+
+
 def test_jobs_spread_over_workers_and_identical_ones_run_once(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
     first, second = workers("gpu-a", run_seconds=0.5), workers("gpu-b", run_seconds=0.5)
     with client_of(queue_url, storage_url, tmp_path) as client:
@@ -103,10 +111,8 @@ def test_a_job_lost_three_times_fails_with_the_reason(queue_url, storage_url, tm
 
 def test_a_stopped_worker_puts_its_job_back_at_once(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
     stopping = workers("gpu-a", lease_s=60.0)
-    stopping.cog.hold.set()
     with client_of(queue_url, storage_url, tmp_path) as client:
-        job = client.submit(*inputs, seed=7)
-        wait_for(lambda: stopping.cog.running, what="the prediction to start")
+        job = held_job(client, stopping, inputs, 7)
         stopped_at = time.time()
         stopping.worker.stop()  # what its SIGTERM handler does
         back = wait_for(lambda: (j := client.store.get(job.key)).status == "queued" and j, timeout=10)
@@ -137,10 +143,8 @@ def test_bad_inputs_fail_once_without_retry(queue_url, storage_url, tmp_path, in
 
 def test_the_client_cancels_a_running_job_on_its_worker(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
     worker = workers("gpu-a", lease_s=0.8)
-    worker.cog.hold.set()
     with client_of(queue_url, storage_url, tmp_path) as client:
-        job = client.submit(*inputs, seed=8)
-        wait_for(lambda: worker.cog.running, what="the prediction to start")
+        job = held_job(client, worker, inputs, 8)
         assert client.cancel(job).status == "canceled"
         wait_for(lambda: worker.cog.canceled == [job.key], timeout=5, what="the cancel on the worker's Cog")
         wait_for(lambda: JobQueue(queue_url).redis.xlen("latentsync:queue") == 0, timeout=5)
@@ -168,10 +172,8 @@ def test_a_busy_cog_is_waited_for_and_an_old_copy_is_not_adopted(queue_url, stor
 
 def test_a_dying_cog_puts_the_job_back_and_stops_the_worker(queue_url, storage_url, tmp_path, inputs, workers):  # noqa: F811
     dying = workers("gpu-a")
-    dying.cog.hold.set()
     with client_of(queue_url, storage_url, tmp_path) as client:
-        job = client.submit(*inputs, seed=11)
-        wait_for(lambda: dying.cog.running, what="the prediction to start")
+        job = held_job(client, dying, inputs, 11)
         dying.cog.stop()
         dying.thread.join(timeout=10)
         assert isinstance(dying.error, CogError)

@@ -27,7 +27,7 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 @pytest.fixture
 def files(tmp_path):
-    handoff = LoopbackFiles(tmp_path / "handoff")
+    handoff = LoopbackFiles(tmp_path / "handoff").start()
     yield handoff
     handoff.close()
 

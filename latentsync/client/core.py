@@ -128,6 +128,8 @@ class LipSyncClient:
         holds Replicate's create request open up to that many seconds (sync mode). A queue's
         job waits for a worker.
         """
+        if webhook and not str(webhook).startswith(("https://", "http://")):
+            raise ValueError(f"A webhook must be an http(s) URL, got {webhook!r}.")
         key, make_inputs = self._prepare(video, audio, params)
         return self._start(key, make_inputs, webhook, wait)
 

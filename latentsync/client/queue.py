@@ -133,9 +133,13 @@ class JobQueue:
     def next(self, worker: str, block_s: float) -> Delivery | None:
         """The next entry for `worker`: one whose lease ran out first, else a new one (waiting up
         to `block_s` for it)."""
-        _, claimed, *_ = self.redis.xautoclaim(self.stream, GROUP, worker, int(self.lease_s * 1000), "0-0", count=1)
-        if claimed:
-            return self._delivery(claimed[0], worker, reclaimed=True)
+        cursor = "0-0"
+        while True:  # XAUTOCLAIM looks at a few pending entries a call: walk the whole list
+            cursor, claimed, *_ = self.redis.xautoclaim(self.stream, GROUP, worker, int(self.lease_s * 1000), cursor, count=1)
+            if claimed:
+                return self._delivery(claimed[0], worker, reclaimed=True)
+            if cursor == "0-0":
+                break
         answer = self.redis.xreadgroup(GROUP, worker, {self.stream: ">"}, count=1, block=max(1, int(block_s * 1000)))
         for _, entries in answer or []:
             for entry in entries:
@@ -282,8 +286,6 @@ class QueueBackend:
         return self._uploads[known]
 
     def start(self, job: Job, token: str, inputs: dict, webhook=None, wait=False) -> Job:
-        if webhook and not str(webhook).startswith(("https://", "http://")):
-            raise ValueError(f"A webhook must be an http(s) URL, got {webhook!r}.")
         return self.queue.enqueue(job.key, token, inputs, webhook)
 
     def refresh(self, job: Job) -> Job:

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         return _fail(str(error))
     with tempfile.TemporaryDirectory(prefix="latentsync-worker-", dir=args.work_dir) as folder:
         files = LoopbackFiles(Path(folder))
-        cog = LocalCog(args.cog_url, upload_url=files.upload_url)
+        cog = LocalCog(args.cog_url, upload_url=files.upload_url)  # before any thread: it forks
+        files.start()
         worker = Worker(queue, storage, cog, files, args.name or default_name(), folder, webhook_secret=secret, job_timeout_s=args.job_timeout)
         install_signal_handlers(worker)
         try:

@@ -45,7 +45,11 @@ class LoopbackFiles:
         self.port = self.httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}/{self.secret}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="loopback-files")
+
+    def start(self) -> "LoopbackFiles":
+        """Serve (the port is bound from the start; Cog is started before any thread of ours)."""
         self._thread.start()
+        return self
 
     @property
     def upload_url(self) -> str:
@@ -78,9 +82,10 @@ class LoopbackFiles:
                 pass
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
         self.httpd.server_close()
-        self._thread.join(timeout=10)
 
     # ---- requests ----------------------------------------------------------------------------
 

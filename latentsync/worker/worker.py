@@ -66,9 +66,9 @@ class Worker:
     def run(self, ready_timeout_s: float = 1800.0) -> None:
         """Serve until stopped (CogError if the Cog server fails)."""
         self.queue.beat(self.name, "starting", **self.counts)
-        self.cog.wait_ready(ready_timeout_s, self.stopping)
-        logger.info("worker %s ready: Cog at %s", self.name, self.cog.url)
         try:
+            self.cog.wait_ready(ready_timeout_s, self.stopping)
+            logger.info("worker %s ready: Cog at %s", self.name, self.cog.url)
             while not self.stopping.is_set():
                 self.cog.check_alive()
                 self.queue.beat(self.name, "idle", **self.counts)
