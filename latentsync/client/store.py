@@ -90,7 +90,7 @@ class _Store:
         """Apply a webhook's news and mark its delivery id seen, in one transaction.
 
         Returns "updated"; "duplicate" (a delivery or news seen before: nothing changes); "stale"
-        (news of a superseded prediction, or of a fleet dispatch other than `attempt`); or
+        (news of a superseded prediction, or of a self-hosted worker's attempt other than `attempt`); or
         "recorded" (a Replicate prediction not known yet: kept until its create is recorded).
         """
 
@@ -196,13 +196,13 @@ class SQLiteStore(_Store):
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, prediction_id TEXT, status TEXT NOT NULL, input TEXT, output_url TEXT,"
     " output_path TEXT, error TEXT, owner TEXT, heartbeat_at REAL NOT NULL DEFAULT 0, server TEXT, attempt TEXT,"
-    " attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)",
+    " attempts INTEGER NOT NULL DEFAULT 0, entry TEXT, updated_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS predictions (prediction_id TEXT PRIMARY KEY, key TEXT NOT NULL)",  # every prediction a job had
     "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, created_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS webhook_ids (id TEXT PRIMARY KEY, received_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS early_news (prediction_id TEXT PRIMARY KEY, news TEXT NOT NULL, received_at REAL NOT NULL)",
 ]
-ADDED_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL NOT NULL DEFAULT 0", "server": "TEXT", "attempt": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL NOT NULL DEFAULT 0", "server": "TEXT", "attempt": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0", "entry": "TEXT"}
 
 
 def _create_tables(txn, now) -> None:
