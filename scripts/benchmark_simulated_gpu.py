@@ -281,7 +281,7 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
         "windows": len(gpu.calls),
         "wall_s": round(wall, 2),
         "gpu_busy_s": round(busy, 2),
-        "job_over_gpu": round(wall / busy, 2) if busy > 0 else None,
+        "job_over_gpu": round(wall / busy, 2) if rate > 0 else None,
         "first_unet_call_s": round(gpu.calls[0][0] - started, 2) if gpu.calls else None,
         "longest_gpu_idle_s": round(max(gaps), 2) if gaps else 0.0,
         "after_last_call_s": round(started + wall - gpu.calls[-1][1], 2) if gpu.calls else None,
