@@ -27,7 +27,7 @@ from whisper.audio import N_FRAMES as WHISPER_WINDOW_MEL_FRAMES  # 3000 mel fram
 from whisper.model import AudioEncoder as WhisperAudioEncoder
 from whisper.model import ModelDimensions
 
-from .config import AUDIO_SAMPLE_RATE, MODEL_FPS
+from .config import AUDIO_SAMPLE_RATE, DEFAULT_MIN_SILENCE_S, MODEL_FPS
 from .files import require_weight_file
 from .media.decode import AudioError, load_audio
 
@@ -371,7 +371,7 @@ def voice_activity(samples: np.ndarray) -> np.ndarray:
     return speech
 
 
-def silent_spans(samples: np.ndarray, min_silence_s: float = 0.3) -> Pauses:
+def silent_spans(samples: np.ndarray, min_silence_s: float = DEFAULT_MIN_SILENCE_S) -> Pauses:
     """The pauses in 16 kHz mono audio: stretches of at least `min_silence_s` without a voice
     (silence, music, noise), as (start, end) seconds.
 

@@ -6,8 +6,10 @@ The model versions themselves (U-Net config, resolution, files) are listed in
 weights_manifest.json only (see `latentsync.weights`).
 """
 
+import json
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import yaml
@@ -38,12 +40,24 @@ VAE_SHIFT_FACTOR = 0.0
 
 # ---- a job's defaults (the official inference settings, and the hosted model's) -----------------
 
+MODEL_VERSIONS = tuple(json.loads(DEFAULT_MANIFEST.read_text())["versions"])  # the manifest lists them: "1.5", "1.6"
 DEFAULT_VERSION = "1.6"
 DEFAULT_INFERENCE_STEPS = 20
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_SEED = 1247
 DEFAULT_ENABLE_DEEPCACHE = True  # the service's default; the official CLI flag stays opt-in
 DEFAULT_CRF = 18
+DEFAULT_MIN_SILENCE_S = 0.3  # a pause in the speech at least this long keeps the original frames
+
+
+class LengthMode(str, Enum):
+    """What to do when the audio and the video differ in length."""
+
+    BOUNCE = "bounce"  # play the video forward, then backward, ... to the audio length (official)
+    LOOP = "loop"  # restart the video from the beginning to the audio length
+    CUT_OFF = "cut_off"  # stop at the shorter of the two
+    SILENCE = "silence"  # keep the video length; missing audio is silence and its frames pass through
+    REMAP = "remap"  # time-stretch the video's frame sequence onto the audio length
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ class InputSpec:
     choices: tuple | None = None
 
 
-LENGTH_MODES = ("bounce", "loop", "cut_off", "silence", "remap")  # see planner.LengthMode
+LENGTH_MODES = tuple(mode.value for mode in LengthMode)
 LOW_SYNC_ACTIONS = ("regenerate", "passthrough")
 
 # The service's options by their Cog names (the hosted bytedance/latentsync's, plus ours).
@@ -66,7 +80,7 @@ SERVICE_INPUTS = {
     "guidance_scale": InputSpec(float, DEFAULT_GUIDANCE_SCALE, "How strongly the mouth follows the audio (classifier-free guidance).", 1.0, 3.0),
     "inference_steps": InputSpec(int, DEFAULT_INFERENCE_STEPS, "Denoising steps: more is slower and slightly sharper.", 20, 50),
     "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report)."),
-    "version": InputSpec(str, DEFAULT_VERSION, "LatentSync model: 1.6 (512 px, sharper) or 1.5 (256 px, faster).", choices=("1.5", "1.6")),
+    "version": InputSpec(str, DEFAULT_VERSION, "LatentSync model: 1.6 (512 px, sharper) or 1.5 (256 px, faster).", choices=MODEL_VERSIONS),
     "enable_deepcache": InputSpec(bool, DEFAULT_ENABLE_DEEPCACHE, "Reuse deep U-Net features between steps: about 2x faster, nearly identical."),
     "length_mode": InputSpec(
         str, LENGTH_MODES[0],
@@ -74,7 +88,7 @@ SERVICE_INPUTS = {
         "silence (keep the video length; silent tail), remap (stretch the video to the audio).",
         choices=LENGTH_MODES,
     ),
-    "skip_silence": InputSpec(bool, True, "Keep the original frames where the audio pauses (0.3 s or longer)."),
+    "skip_silence": InputSpec(bool, True, f"Keep the original frames where the audio pauses ({DEFAULT_MIN_SILENCE_S:g} s or longer)."),
     "speaker_point": InputSpec(
         str, "", "When several faces are visible: 'x,y' (pixels, first frame) or 'x,y,frame' on the speaker's face. Empty: the largest, most present face."
     ),

@@ -8,6 +8,7 @@ from .config import (
     DEFAULT_CRF,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INFERENCE_STEPS,
+    DEFAULT_MIN_SILENCE_S,
     DEFAULT_SEED,
     LENGTH_MODES,
     LOW_SYNC_ACTIONS,
@@ -23,9 +24,9 @@ class LipsyncOptions:
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     seed: int = DEFAULT_SEED
     enable_deepcache: bool = False  # opt-in in the library and the CLI, as the official; on in the service
-    length_mode: str = LENGTH_MODES[0]  # bounce | loop | cut_off | silence | remap (see planner.LengthMode)
+    length_mode: str = LENGTH_MODES[0]  # bounce | loop | cut_off | silence | remap (see config.LengthMode)
     skip_silence: bool = True  # keep the original frames where the audio pauses (>= min_silence_s)
-    min_silence_s: float = 0.3
+    min_silence_s: float = DEFAULT_MIN_SILENCE_S
     keep_source_fps: bool = False  # output at the source frame rate (24-30 fps sources) instead of 25
     speaker_point: tuple | None = None  # (x, y, frame): speak with the face at that point
     speaker_box: tuple | None = None  # (x1, y1, x2, y2, frame): speak with the face overlapping that box

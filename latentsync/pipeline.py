@@ -6,44 +6,47 @@ the mouth re-made to speak that audio.
 
 A job, step by step, each step in a module of its own:
 
-1. Audio: decode it, compute its Whisper features, find its pauses.    media.decode, audio
-2. Faces: detect the faces on every frame and follow the speaker.       media.decode, face.detect, face.track
-3. Plan: what each output frame shows, and whether it is regenerated.   planner
-4. Render: denoise the windows, paste the mouths back, encode.          render, denoise, face.align, media.encode
-5. Report: what was regenerated and why.                                 report
+1. Audio: decode it, compute its Whisper features, find its pauses.     media.decode, audio
+2. Faces and plan, as the video is decoded: the faces on every frame,   analysis, face.detect, face.track,
+   the speaker, what each output frame shows and whether it is           planner
+   regenerated, and the speaker's face cropped for the model.
+3. Render, while the analysis goes on: denoise the windows, paste the   render, windows, denoise,
+   mouths back, encode.                                                  face.align, media.encode
+4. Report: what was regenerated and why.                                 report
 
-Frames stream through ffmpeg pipes, so the whole video is never held in memory.
+Frames stream through ffmpeg pipes, so the whole video is never held in memory, and the model
+starts on the first windows a few seconds into the job, whatever the video's length.
 """
 
 import json
 import threading
 import time
-from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .analysis import Analysis
 from .audio import AudioEncoder, frame_chunks, silent_spans
 from .cache import ResultCache, cache_key, place
-from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
 from .compiled_unet import CompiledUNet
+from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
 from .denoise import denoise_windows, load_scheduler, load_training_mask, load_unet, load_vae, unet_device_dtype
-from .device import auto_windows_per_batch, default_device, describe_device, model_dtype, to_device
-from .face.detect import FaceDetection, FaceDetector, create_detector
-from .face.track import build_tracks, choose_speaker
+from .device import auto_windows_per_batch, default_device, describe_device, model_dtype, to_device, use_cpu_for_frames
+from .face.detect import create_detector
 from .files import job_folder, write_json_atomically
-from .media.decode import frames_in_order, load_audio
-from .media.probe import MediaInfo, probe_video
+from .job import Job, Models
+from .media.decode import load_audio
+from .media.probe import probe_video
 from .options import LipsyncOptions
-from .planner import frames_covering, output_fps, plan_job
-from .progress import ProgressCallback, notify, raise_if_cancelled
+from .planner import PlanBuilder, output_fps
+from .progress import ProgressCallback
 from .render import Renderer
-from .windows import ModelError
 from .report import JobReport, build_report, log_spans
 from .sync import SyncNetScorer
+from .windows import ModelError
 
 
 @dataclass
@@ -62,85 +65,82 @@ class _NotKept(Exception):
 
 
 class LipsyncPipeline:
-    """Components are passed in, so tests and servers choose the models and where they live.
+    """The models are passed in (`latentsync.job.Models`), so tests and servers choose them and
+    where they live.
 
     Args:
-        unet, vae, scheduler: the diffusion model (see `latentsync.denoise`).
-        audio_encoder: `latentsync.audio.AudioEncoder`.
-        face_detector: a `latentsync.face.detect` backend.
-        mask: the training mask from `load_training_mask` at `resolution`.
-        resolution: face crop size the U-Net works at (256 for 1.5, 512 for 1.6).
-        sync_scorer: optional `latentsync.sync.SyncNetScorer` for sync confidence.
+        models: the model parts, the denoiser (`latentsync.denoise.denoise_windows` or the same
+            signature), the windows per U-Net call and the lock that keeps one batch at a time on
+            the device (versions share one).
         version: the model version, for reports and result-cache keys.
         cache: optional `latentsync.cache.ResultCache` answering repeated requests from disk.
-        denoiser: runs windows (`latentsync.denoise.denoise_windows` or the same signature).
-        windows_per_batch: windows per U-Net call (the same output as one at a time); None: 1 on
-            the CPU, on CUDA what fits (`latentsync.device.auto_windows_per_batch`).
         compile_unet: `torch.compile` the U-Net for full windows in batches of `windows_per_batch`
             (`latentsync.compiled_unet`; `self_test` makes its graphs); `compile_backend` is
             torch.compile's backend.
         max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
             headers declare (a service's limit); None takes any length.
-        model_lock: the lock that keeps one batch at a time on the device (versions share one).
     """
 
-    def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
-                 sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
-                 denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False,
-                 compile_backend: str = "inductor", max_duration_s: float | None = None, model_lock=None):
-        self.vae, self.scheduler, self.mask, self.resolution = vae, scheduler, mask, resolution
-        self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
-        self.version, self.cache, self.denoiser = version, cache, denoiser
-        self.compile_unet, self.compile_backend, self.max_duration_s = compile_unet, compile_backend, max_duration_s
-        self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
-        self.unet = CompiledUNet(unet, self.windows_per_batch, compile_backend) if compile_unet else unet
-        # One batch at a time on the device, whichever version: the scheduler keeps per-batch state,
-        # and versions share the VAE.
-        self.model_lock = model_lock or threading.Lock()
+    def __init__(self, models: Models, version: str = "", cache: ResultCache | None = None, compile_unet: bool = False,
+                 compile_backend: str = "inductor", max_duration_s: float | None = None):
+        self.version, self.cache, self.max_duration_s = version, cache, max_duration_s
+        self.compile_unet, self.compile_backend = compile_unet, compile_backend
+        self.models = replace(models, unet=CompiledUNet(models.unet, models.windows_per_batch, compile_backend)) if compile_unet else models
 
     @classmethod
-    def from_files(cls, files, device=None, face_detector="auto", unet=None, sync_scorer=None, precision=None, **settings) -> "LipsyncPipeline":
+    def from_files(cls, files, device=None, face_detector="auto", unet=None, sync_scorer=None, precision=None, denoiser=denoise_windows,
+                   windows_per_batch: int | None = None, **settings) -> "LipsyncPipeline":
         """Load every component from weight files (a `latentsync.weights.ModelFiles`).
 
         `device` defaults to CUDA when there is one; `precision` ("float32", "float16",
         "bfloat16") to float16 on recent GPUs and float32 elsewhere. `unet` may be passed in already
         loaded (to switch versions keeping the rest); the SyncNet scorer is loaded from
-        `files.syncnet` when that file exists and none is given; `settings` (cache, denoiser,
-        windows_per_batch, compile_unet, max_duration_s) go to the constructor.
+        `files.syncnet` when that file exists and none is given. `windows_per_batch`: windows per
+        U-Net call (the same output as one at a time); None: 1 on the CPU, on CUDA what fits
+        (`latentsync.device.auto_windows_per_batch`). `settings` (cache, compile_unet,
+        max_duration_s) go to the constructor.
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = model_dtype(device, precision)
+        use_cpu_for_frames(device)
         if sync_scorer is None and files.syncnet and Path(files.syncnet).exists():
             sync_scorer = SyncNetScorer(files.syncnet, device=device)
-        return cls(
-            unet or load_unet(files, device, dtype), load_vae(files.vae_dir, device=device, dtype=dtype), load_scheduler(),
-            AudioEncoder(files.whisper, device=device), create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
-            load_training_mask(files.mask, files.resolution), files.resolution, sync_scorer=sync_scorer, version=files.version, **settings,
+        unet = unet or load_unet(files, device, dtype)
+        models = Models(
+            unet=unet, vae=load_vae(files.vae_dir, device=device, dtype=dtype), scheduler=load_scheduler(),
+            audio_encoder=AudioEncoder(files.whisper, device=device),
+            face_detector=create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
+            mask=load_training_mask(files.mask, files.resolution), resolution=files.resolution, denoiser=denoiser,
+            windows_per_batch=windows_per_batch or auto_windows_per_batch(unet, files.resolution), sync_scorer=sync_scorer,
         )
+        return cls(models, version=files.version, **settings)
 
     def for_version(self, files, unet) -> "LipsyncPipeline":
-        """A pipeline for another model version: its own U-Net, resolution, mask and batch size,
-        sharing this one's VAE, audio encoder, face detector, sync scorer, cache and settings."""
-        return LipsyncPipeline(
-            unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
-            files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
-            compile_unet=self.compile_unet, compile_backend=self.compile_backend, max_duration_s=self.max_duration_s, model_lock=self.model_lock,
+        """A pipeline for another model version: its own U-Net, resolution, mask, scheduler and
+        batch size, sharing this one's VAE, audio encoder, face detector, sync scorer, lock, cache
+        and settings."""
+        models = replace(
+            self.models, unet=unet, scheduler=load_scheduler(), mask=load_training_mask(files.mask, files.resolution),
+            resolution=files.resolution, windows_per_batch=auto_windows_per_batch(unet, files.resolution),
         )
+        return LipsyncPipeline(models, version=files.version, cache=self.cache, compile_unet=self.compile_unet,
+                               compile_backend=self.compile_backend, max_duration_s=self.max_duration_s)
 
     def self_test(self) -> None:
         """Prove the device and the models before any job: make the compiled U-Net's graphs (when
         compiling), then run one window of random faces, 2 steps with DeepCache on (a full and a
         shallow step), and check what comes out. Raises `ModelError` naming the device."""
-        device, dtype = unet_device_dtype(self.unet)
+        models = self.models
+        device, dtype = unet_device_dtype(models.unet)
         rng = torch.Generator().manual_seed(0)
-        faces = torch.randint(0, 256, (1, FRAMES_PER_WINDOW, 3, self.resolution, self.resolution), generator=rng, dtype=torch.uint8)
-        audio = frame_chunks(self.audio_encoder.features(np.zeros(AUDIO_SAMPLE_RATE, np.float32)), 0, FRAMES_PER_WINDOW)[None]
+        faces = torch.randint(0, 256, (1, FRAMES_PER_WINDOW, 3, models.resolution, models.resolution), generator=rng, dtype=torch.uint8)
+        audio = frame_chunks(models.audio_encoder.features(np.zeros(AUDIO_SAMPLE_RATE, np.float32)), 0, FRAMES_PER_WINDOW)[None]
         try:
-            with self.model_lock:
-                if isinstance(self.unet, CompiledUNet):
-                    self.unet.warm_up(self.resolution // 8)
-                out = self.denoiser(self.unet, self.vae, self.scheduler, to_device(faces, device), to_device(audio, device, dtype), self.mask,
-                                    num_inference_steps=2, enable_deepcache=True, generator=rng)
+            with models.model_lock:
+                if isinstance(models.unet, CompiledUNet):
+                    models.unet.warm_up(models.resolution // 8)
+                out = models.denoiser(models.unet, models.vae, models.scheduler, to_device(faces, device), to_device(audio, device, dtype), models.mask,
+                                      num_inference_steps=2, enable_deepcache=True, generator=rng)
             if tuple(out.shape) != tuple(faces.shape):
                 raise ValueError(f"it returned faces of shape {tuple(out.shape)} for {tuple(faces.shape)}")
             if not torch.isfinite(out).all():
@@ -189,44 +189,29 @@ class LipsyncPipeline:
     def _run(self, video_path, audio_path, output_path, options, temp_dir, progress, cancel) -> JobReport:
         """The job, step by step."""
         started = time.perf_counter()
-        timings = {}
+        models, timings = self.models, {}
         with job_folder(temp_dir) as work_dir:
             # 1. Audio: 16 kHz samples, their Whisper features (encoded as windows need them), pauses.
             info = probe_video(video_path)
             samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
-            features = self.audio_encoder.features(samples)
+            features = models.audio_encoder.features(samples)
             pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
             timings["audio_s"] = time.perf_counter() - started
 
-            # 2. Faces: on every frame at the output rate, linked into tracks; the speaker's tracks.
-            tick = time.perf_counter()
-            fps = output_fps(info.fps, options.keep_source_fps)
-            detections = self._detect_faces(video_path, info, fps, progress, cancel)
-            speaker = choose_speaker(build_tracks(detections), point=options.speaker_point, box=options.speaker_box)
-            timings["face_detection_s"] = time.perf_counter() - tick
+            # 2. Faces and plan, on a thread of their own as the video is decoded: the plan is final
+            #    frame by frame, a few frames (the first seconds with faces) behind the analysis.
+            job = Job(video_path, audio_path, options, info, output_fps(info.fps, options.keep_source_fps), work_dir, progress, cancel)
+            builder = PlanBuilder(len(samples) / AUDIO_SAMPLE_RATE, pauses, job.fps, options, models.resolution)
+            analysis = Analysis(job, models, builder, windows_ahead=models.windows_per_batch + 1, max_seconds=self.max_duration_s)
 
-            # 3. Plan: output frames -> source frames, what to regenerate, windows, alignment.
-            plan = plan_job(detections, speaker, len(samples) / AUDIO_SAMPLE_RATE, pauses, fps, options, self.resolution)
-
-            # 4. Render: denoise, paste back and encode, in one pass over the video.
+            # 3. Render: denoise, paste back and encode in one pass, the windows as the analysis hands them over.
             tick = time.perf_counter()
-            renderer = Renderer(self, plan, options, features, samples, progress, cancel)
-            rendered = renderer.run(video_path, audio_path, output_path, info, work_dir)
+            rendered = Renderer(models, job, analysis, features, samples).run(output_path)
+            timings["face_detection_s"] = analysis.seconds  # overlapping the render
             timings["render_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
 
-        # 5. Report.
-        report = build_report(plan, rendered, options, self.version, timings)
+        # 4. Report.
+        report = build_report(analysis.plan, rendered, options, self.version, timings)
         log_spans(report)
         return report
-
-    def _detect_faces(self, video_path, info: MediaInfo, fps: float, progress, cancel) -> list[list[FaceDetection]]:
-        """The faces on every frame of the video at `fps`."""
-        total = frames_covering(info.duration, fps)
-        detections = []
-        with closing(frames_in_order(video_path, fps, info=info, max_seconds=self.max_duration_s)) as frames:
-            for frame in frames:
-                raise_if_cancelled(cancel)
-                detections.append(self.face_detector.detect(frame))
-                notify(progress, "analyse", len(detections), total)
-        return detections

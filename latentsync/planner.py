@@ -1,9 +1,12 @@
-"""Plan a job before any denoising: which source frame each output frame shows, which frames the
-model regenerates and why the others pass through, the 16-frame windows it runs on, and where the
-speaker's face is aligned.
+"""Plan a job as its video is analysed: which source frame each output frame shows, which frames
+the model regenerates and why the others pass through, the 16-frame windows it runs on, and where
+the speaker's face is aligned.
 
-Everything here is pure arithmetic on plain data (face detections, pauses, options): no files,
-no models, so every rule can be tested on its own. `plan_job` puts the rules together.
+Every rule needs at most a few frames after the one it decides, so the plan is final frame by
+frame while the rest of the video is still being decoded, and denoising starts on the first
+windows (`PlanBuilder`). Everything here is pure arithmetic on plain data (face detections,
+pauses, options): no files, no models, so every rule can be tested on its own. `plan_job` plans a
+whole video at once.
 """
 
 import math
@@ -12,25 +15,16 @@ from enum import Enum
 
 import numpy as np
 
-from .config import FRAMES_PER_WINDOW, MODEL_FPS
+from .config import FRAMES_PER_WINDOW, MODEL_FPS, LengthMode
 from .face.align import FaceAligner
 from .face.detect import FaceDetection
-from .face.track import Track
+from .face.track import SPEAKER_CHOICE_S, SpeakerChooser
 from .options import LipsyncOptions
 
 MIN_GENERATED_FRAMES = 4  # shorter regenerated runs between original ones flicker more than they help
 MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regenerated) in pieces of 10 s at 25 fps
+MIN_LAST_PIECE_FRAMES = 25  # ... but a last piece shorter than 1 s at 25 fps stays with the one before
 BLEND_FRAMES = 3  # regenerated and original frames meet in a fade over this many frames
-
-
-class LengthMode(str, Enum):
-    """What to do when the audio and the video differ in length."""
-
-    BOUNCE = "bounce"  # play the video forward, then backward, ... to the audio length (official)
-    LOOP = "loop"  # restart the video from the beginning to the audio length
-    CUT_OFF = "cut_off"  # stop at the shorter of the two
-    SILENCE = "silence"  # keep the video length; missing audio is silence and its frames pass through
-    REMAP = "remap"  # time-stretch the video's frame sequence onto the audio length
 
 
 class Action(str, Enum):
@@ -104,54 +98,6 @@ class Span:
         return self.end - self.start
 
 
-def spans_from_actions(actions: list[Action]) -> list[Span]:
-    """Group per-frame actions into maximal runs."""
-    spans: list[Span] = []
-    for index, action in enumerate(actions):
-        if spans and spans[-1].action is action and spans[-1].end == index:
-            spans[-1].end = index + 1
-        else:
-            spans.append(Span(index, index + 1, action))
-    return spans
-
-
-def absorb_short_generated_spans(spans: list[Span], min_frames: int) -> list[Span]:
-    """Turn generated runs shorter than `min_frames` into pass-through (a few regenerated frames
-    between untouched ones flicker more than they help), merging them with pass-through
-    neighbours. Generated spans stay as they are, split where they were split."""
-    result: list[Span] = []
-    for span in spans:
-        action = span.action
-        if action is Action.GENERATED and len(span) < min_frames and len(spans) > 1:
-            action = Action.PASSTHROUGH
-        if result and result[-1].action is action and action is not Action.GENERATED:
-            result[-1].end = span.end
-        else:
-            result.append(Span(span.start, span.end, action, dict(span.details)))
-    return result
-
-
-def split_at(spans: list[Span], boundaries: set[int]) -> list[Span]:
-    """Split generated spans at the given output frame indices (e.g. face-track changes), so no
-    window straddles them."""
-    result = []
-    for span in spans:
-        cuts = sorted(b for b in boundaries if span.start < b < span.end) if span.action is Action.GENERATED else []
-        edges = [span.start, *cuts, span.end]
-        result.extend(Span(a, b, span.action, dict(span.details)) for a, b in zip(edges, edges[1:]))
-    return result
-
-
-def limit_span_length(spans: list[Span], limit: int = MAX_SPAN_FRAMES) -> list[Span]:
-    """Cut generated spans longer than `limit` frames into the fewest equal pieces within it."""
-    result = []
-    for span in spans:
-        pieces = math.ceil(len(span) / limit) if span.action is Action.GENERATED else 1
-        edges = [span.start + round(k * len(span) / pieces) for k in range(pieces + 1)]
-        result.extend(Span(a, b, span.action, dict(span.details)) for a, b in zip(edges, edges[1:]))
-    return result
-
-
 def windows_for(span: Span, window: int = FRAMES_PER_WINDOW) -> list[range]:
     """Consecutive windows of `window` frames over a generated span, the last one shorter (official)."""
     return [range(s, min(s + window, span.end)) for s in range(span.start, span.end, window)]
@@ -175,7 +121,94 @@ def blend_weight(position: int, length: int, after_original: bool, before_origin
     return weight
 
 
-# ---- the whole plan ------------------------------------------------------------------------------
+
+# ---- spans, as the output frames are decided ---------------------------------------------------------
+
+
+class SpanBuilder:
+    """Groups output frames into spans as their actions arrive (`push`, then `finish`), each span
+    final as soon as no later frame can change it:
+
+    1. runs of one action; regenerated runs also end where a window must not continue (a cut);
+    2. a regenerated run shorter than `MIN_GENERATED_FRAMES` passes through (unless it is the whole
+       video), merged with pass-through neighbours;
+    3. a regenerated run longer than `MAX_SPAN_FRAMES` is cut every `MAX_SPAN_FRAMES` frames from
+       its start; a last piece shorter than `MIN_LAST_PIECE_FRAMES` stays with the one before.
+
+    `spans` holds the final spans in order; `open_span` the frames known to belong to the
+    regenerated span being built, so its windows can be denoised before it ends.
+    """
+
+    def __init__(self, detector: str | None = None):
+        self.detector = detector  # names what found the pauses of silence spans
+        self.spans: list[Span] = []
+        self.frames = 0
+        self._run: Span | None = None  # the run being built
+        self._run_silent = False  # whether a frame of the run is inside a pause
+        self._pending: Span | None = None  # a closed span that a short regenerated run after it may still join
+
+    def push(self, action: Action, cut: bool = False, silent: bool = False) -> None:
+        """The next output frame's action; `cut`: a window must not continue from the frame before;
+        `silent`: the frame is inside a pause."""
+        run, frame = self._run, self.frames
+        self.frames += 1
+        if run is not None and action is run.action and not (cut and action is Action.GENERATED):
+            run.end = frame + 1
+        else:
+            if run is not None:
+                self._close(run)
+            run = self._run = Span(frame, frame + 1, action)
+            self._run_silent = False
+            if not (action is Action.GENERATED and self._pending is not None and self._pending.action is Action.PASSTHROUGH):
+                self._flush()  # only a short regenerated run can join what came before
+        self._run_silent |= silent
+        if action is Action.GENERATED:
+            if len(run) == MIN_GENERATED_FRAMES:
+                self._flush()  # this run is regenerated for good
+            if len(run) == MAX_SPAN_FRAMES + MIN_LAST_PIECE_FRAMES:  # the run goes on past a whole last piece: cut
+                self.spans.append(Span(run.start, run.start + MAX_SPAN_FRAMES, Action.GENERATED))
+                run.start += MAX_SPAN_FRAMES
+
+    def finish(self) -> list[Span]:
+        """The last frame was pushed; returns every span."""
+        if self._run is not None:
+            self._close(self._run, last=True)
+            self._run = None
+        self._flush()
+        return self.spans
+
+    @property
+    def open_span(self) -> Span | None:
+        """The regenerated span being built, up to the last frame known to belong to it; None if
+        there is none, or its run is still short enough to pass through."""
+        run = self._run
+        if run is None or run.action is not Action.GENERATED or len(run) < MIN_GENERATED_FRAMES:
+            return None
+        return Span(run.start, min(run.end, run.start + MAX_SPAN_FRAMES), Action.GENERATED)
+
+    def _close(self, run: Span, last: bool = False) -> None:
+        action = run.action
+        if action is Action.GENERATED:
+            whole_video = last and not self.spans and self._pending is None
+            if len(run) >= MIN_GENERATED_FRAMES or whole_video:
+                self._flush()
+                self.spans.append(run)
+                return
+            action = Action.PASSTHROUGH
+        details = {"detector": self.detector} if action is Action.SILENCE and self.detector and self._run_silent else {}
+        if self._pending is not None and self._pending.action is action:
+            self._pending.end = run.end
+        else:
+            self._flush()
+            self._pending = Span(run.start, run.end, action, details)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self.spans.append(self._pending)
+            self._pending = None
+
+
+# ---- the whole plan --------------------------------------------------------------------------------
 
 
 class NoFaceError(ValueError):
@@ -184,10 +217,10 @@ class NoFaceError(ValueError):
 
 @dataclass
 class Plan:
-    """What a job will do, decided before any denoising."""
+    """What a job does; built as the video is analysed (`PlanBuilder`), final where it has been built."""
 
     fps: float  # output frame rate
-    source_frames: np.ndarray  # output frame -> source frame
+    source_frames: list[int]  # output frame -> source frame
     spans: list[Span]  # cover the output frames in order
     affines: dict[int, np.ndarray]  # source frame -> 2x3 alignment of the speaker's face
 
@@ -203,46 +236,142 @@ def output_fps(source_fps: float, keep_source_fps: bool) -> float:
     return float(MODEL_FPS)
 
 
-def plan_job(
-    detections: list[list[FaceDetection]],
-    speaker: list[Track],
-    audio_duration_s: float,
-    pauses: list[tuple[float, float]],
-    fps: float,
-    options: LipsyncOptions,
-    resolution: int,
-) -> Plan:
-    """Plan a job from what analysis found.
+class PlanBuilder:
+    """A job's plan, built from the faces of each source frame as the video is decoded (`add`, then
+    `finish` at its end). What it has decided is final: `plan.spans`, `spans.open_span`,
+    `plan.source_frames` and `plan.affines` only grow.
+
+    Output frame i shows source frame i until the video or the audio ends, so the first output
+    frames are planned as their source frames are settled (`face.track.SpeakerChooser`); what
+    follows (the bounce and loop modes' later passes) is planned once the video's length is known.
+    In remap mode every output frame depends on that length: nothing is planned before the end.
+
+    For each output frame: regenerate it when it has speech and a usable face of the speaker, else
+    keep the original and say why (silence, no face, another speaker); then the spans
+    (`SpanBuilder`), which never let a window continue across a cut (the speaker's face track
+    changes, or the source jumps). The speaker's face is aligned along each of its tracks (the
+    official smooths over the whole video, across cuts).
 
     Args:
-        detections: the faces on each source frame, decoded at `fps`.
-        speaker: the speaker's face tracks (`face.track.choose_speaker`).
         audio_duration_s: length of the audio.
         pauses: (start, end) seconds where the audio pauses (`audio.silent_spans`); used when
             `options.skip_silence`. Their `detector`, if they have one, labels the silence spans.
-        fps: the output frame rate (`output_fps`).
-        options: the job's options (length mode, yaw limit, silence).
+        fps: the output frame rate (`output_fps`), the rate the source frames are decoded at.
+        options: the job's options (length mode, speaker, yaw limit, silence).
         resolution: the model's face size, for the alignment template.
     """
-    if not detections:
-        raise ValueError("The video input has no decodable frames.")
-    timeline = plan_timeline(len(detections), frames_covering(audio_duration_s, fps), options.length_mode)
-    face_at = {frame: face for track in speaker for frame, face in track.faces.items()}
-    track_at = {frame: track.id for track in speaker for frame in track.faces}
-    usable = {frame for frame, face in face_at.items() if abs(face.yaw_degrees) <= options.max_yaw_degrees}
-    if not usable:
-        raise NoFaceError(
-            f"No usable face was found in any of the {len(detections)} frames checked ({len(detections) / fps:.1f} s of "
-            "video): the speaker's face must be visible, at least 50x80 pixels and not turned far away."
-        )
-    silent = silent_frames(len(timeline), pauses if options.skip_silence else [], fps)
-    actions = frame_actions(timeline, silent, detections, face_at, usable)
-    # In remap mode consecutive output frames may step over source frames without a cut.
-    step = math.ceil(len(detections) / len(timeline)) if LengthMode(options.length_mode) is LengthMode.REMAP else 1
-    spans = label_pauses(spans_from_actions(actions), silent, getattr(pauses, "detector", None))
-    spans = split_at(spans, cut_points(timeline.source_frames, track_at, step))
-    spans = limit_span_length(absorb_short_generated_spans(spans, MIN_GENERATED_FRAMES))
-    return Plan(fps, timeline.source_frames, spans, speaker_affines(speaker, resolution))
+
+    def __init__(self, audio_duration_s: float, pauses: list[tuple[float, float]], fps: float, options: LipsyncOptions, resolution: int):
+        self.fps, self.options, self.resolution = fps, options, resolution
+        self.mode = LengthMode(options.length_mode)
+        self.audio_frames = frames_covering(audio_duration_s, fps)
+        self.silent = silent_frames(self.audio_frames, pauses if options.skip_silence else [], fps)
+        self.speaker = SpeakerChooser(round(SPEAKER_CHOICE_S * fps), options.speaker_point, options.speaker_box)
+        self.spans = SpanBuilder(getattr(pauses, "detector", None))
+        self.plan = Plan(fps, [], self.spans.spans, {})
+        self.complete = False
+        self._detected: list[bool] = []  # per source frame: whether any face was found
+        self._aligners: dict[int, FaceAligner] = {}  # per track not rejected: its alignment, smoothed along it
+        self._affines: dict[int, dict[int, np.ndarray]] = {}  # per track not rejected: frame -> affine
+        self._settled = 0  # source frames whose speaker face (and its affine) is final
+        self._usable = False  # whether a settled frame has a usable face of the speaker
+        self._previous: tuple[int, int | None] | None = None  # the last planned output frame's source frame and track
+
+    @property
+    def frames(self) -> int:
+        """Source frames added so far."""
+        return len(self._detected)
+
+    def add(self, faces: list[FaceDetection]) -> list[tuple[int, int, np.ndarray]]:
+        """The faces on the next source frame. Returns (track id, frame, affine) for each face whose
+        crop the model may need: faces of tracks that may be the speaker's, on frames that may be
+        regenerated (with speech, outside pauses, not turned away) in the first pass."""
+        self._detected.append(bool(faces))
+        requests = []
+        for track, frame in self.speaker.add(faces):
+            face = track.faces[frame]
+            if track.id not in self._aligners:
+                self._aligners[track.id], self._affines[track.id] = FaceAligner(self.resolution), {}
+            affine = self._affines[track.id][frame] = self._aligners[track.id].affine(face.landmarks3)
+            if self.mode is not LengthMode.REMAP and frame < self.audio_frames and not self.silent[frame] and self._usable_face(face):
+                requests.append((track.id, frame, affine))
+        self._advance()
+        return requests
+
+    def finish(self) -> Plan:
+        """The video has ended: plan the rest. Raises NoFaceError when the speaker has no usable
+        face anywhere, ValueError for a video without frames or a speaker frame without a face."""
+        if not self._detected:
+            raise ValueError("The video input has no decodable frames.")
+        self.speaker.finish()
+        self._advance()
+        if not self._usable:
+            raise NoFaceError(
+                f"No usable face was found in any of the {self.frames} frames checked ({self.frames / self.fps:.1f} s of "
+                "video): the speaker's face must be visible, at least 50x80 pixels and not turned far away."
+            )
+        timeline = plan_timeline(self.frames, self.audio_frames, self.mode)
+        # In remap mode consecutive output frames may step over source frames without a cut.
+        step = math.ceil(self.frames / len(timeline)) if self.mode is LengthMode.REMAP else 1
+        for frame in range(len(self.plan.source_frames), len(timeline)):
+            self._plan_frame(frame, int(timeline.source_frames[frame]), bool(timeline.has_audio[frame]), step)
+        self.spans.finish()
+        self.complete = True
+        return self.plan
+
+    def is_live(self, track_id: int) -> bool:
+        """Whether the track may still be (or is) the speaker's."""
+        return track_id in self._aligners
+
+    def _advance(self) -> None:
+        """Take in the newly settled source frames, and plan the output frames they decide."""
+        for track_id in self.speaker.rejected:
+            del self._aligners[track_id], self._affines[track_id]
+        self.speaker.rejected.clear()
+        settled = self.speaker.settled
+        for frame in range(self._settled, settled):
+            speaker = self.speaker.speaker_at(frame)
+            if speaker is not None:
+                track, face = speaker
+                self.plan.affines[frame] = self._affines[track.id].pop(frame)
+                self._usable |= self._usable_face(face)
+        self._settled = settled
+        # Output frame i shows source frame i while both the video and the audio last (remap: only at the end).
+        last = settled if self.mode is LengthMode.SILENCE else min(settled, self.audio_frames)
+        if self.mode is LengthMode.REMAP or self.complete:
+            return
+        for frame in range(len(self.plan.source_frames), last):
+            self._plan_frame(frame, frame, frame < self.audio_frames, step=1)
+
+    def _plan_frame(self, frame: int, source: int, has_audio: bool, step: int) -> None:
+        """Decide output `frame`, which shows `source`."""
+        speaker = self.speaker.speaker_at(source)
+        silent = has_audio and bool(self.silent[frame])
+        if not has_audio or silent:
+            action = Action.SILENCE
+        elif speaker is None:
+            action = Action.OTHER_SPEAKER if self._detected[source] else Action.NO_FACE
+        elif not self._usable_face(speaker[1]):
+            action = Action.NO_FACE
+        else:
+            action = Action.GENERATED
+        track = speaker[0].id if speaker is not None else None
+        previous, self._previous = self._previous, (source, track)
+        cut = previous is not None and (abs(source - previous[0]) > step or track != previous[1])
+        self.plan.source_frames.append(source)
+        self.spans.push(action, cut, silent)
+
+    def _usable_face(self, face: FaceDetection) -> bool:
+        return abs(face.yaw_degrees) <= self.options.max_yaw_degrees
+
+
+def plan_job(detections: list[list[FaceDetection]], audio_duration_s: float, pauses: list[tuple[float, float]], fps: float,
+             options: LipsyncOptions, resolution: int) -> Plan:
+    """The plan of a job from the faces on every source frame (see `PlanBuilder`)."""
+    builder = PlanBuilder(audio_duration_s, pauses, fps, options, resolution)
+    for faces in detections:
+        builder.add(faces)
+    return builder.finish()
 
 
 def silent_frames(count: int, pauses: list[tuple[float, float]], fps: float) -> np.ndarray:
@@ -252,48 +381,3 @@ def silent_frames(count: int, pauses: list[tuple[float, float]], fps: float) -> 
     for start_s, end_s in pauses:
         silent |= (centres >= start_s) & (centres < end_s)
     return silent
-
-
-def label_pauses(spans: list[Span], silent: np.ndarray, detector: str | None) -> list[Span]:
-    """Name the detector in the details of each silence span that holds a detected pause (not
-    only frames past the audio's end)."""
-    for span in spans:
-        if detector and span.action is Action.SILENCE and silent[span.start : span.end].any():
-            span.details["detector"] = detector
-    return spans
-
-
-def frame_actions(timeline: Timeline, silent: np.ndarray, detections: list[list], face_at: dict, usable: set) -> list[Action]:
-    """Per output frame: regenerate it (speech and a usable speaker face), or why not."""
-    actions = []
-    for i, source in enumerate(timeline.source_frames):
-        if not timeline.has_audio[i] or silent[i]:
-            actions.append(Action.SILENCE)
-        elif source not in face_at:
-            actions.append(Action.OTHER_SPEAKER if detections[source] else Action.NO_FACE)
-        elif source not in usable:
-            actions.append(Action.NO_FACE)
-        else:
-            actions.append(Action.GENERATED)
-    return actions
-
-
-def cut_points(source_frames: np.ndarray, track_at: dict, step: int = 1) -> set[int]:
-    """Output frames where a window must not continue: the source jumps by more than `step`
-    frames (a loop restart) or the speaker's face track changes (a scene cut)."""
-    return {
-        i for i in range(1, len(source_frames))
-        if abs(int(source_frames[i]) - int(source_frames[i - 1])) > step or track_at.get(source_frames[i]) != track_at.get(source_frames[i - 1])
-    }
-
-
-def speaker_affines(speaker: list[Track], resolution: int) -> dict[int, np.ndarray]:
-    """Source frame -> the alignment of the speaker's face there. Smoothing runs over the
-    consecutive frames of one track (the official smooths over the whole video, across cuts)."""
-    aligner = FaceAligner(resolution)
-    affines = {}
-    for track in speaker:
-        aligner.reset()
-        for frame in sorted(track.faces):
-            affines[frame] = aligner.affine(track.faces[frame].landmarks3)
-    return affines

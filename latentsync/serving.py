@@ -1,10 +1,17 @@
 """What the servers (the Cog predictor and the web app) share: the models, loaded once per
-version, each proven on the device before it serves, with the load's timings and memory logged."""
+version, each proven on the device before it serves, with the load's timings and memory logged;
+a job run in a thread that a cancelled request stops; and one output folder per job."""
 
+import asyncio
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Iterator
 
 # Freed blocks of varying sizes (windows of every length, memory-recovery passes) are given back
 # to CUDA instead of fragmenting the cache; the user's own setting wins. Read when CUDA starts.
@@ -40,7 +47,7 @@ class ModelVersions:
         with native_stderr_captured():
             # The service's length limit holds for what is decoded too, not just what headers declare.
             pipeline = LipsyncPipeline.from_files(files, device=self.device, cache=cache, compile_unet=compile_requested(), max_duration_s=MAX_DURATION_S)
-            warm_up(pipeline.face_detector)
+            warm_up(pipeline.models.face_detector)
         loaded = time.perf_counter()
         pipeline.self_test()
         self._pipelines = {version: pipeline}
@@ -60,3 +67,70 @@ class ModelVersions:
                 loaded.self_test()
                 self._pipelines[version] = loaded
             return self._pipelines[version]
+
+
+async def in_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)` in a thread. When the request is cancelled (CancelledError at
+    this await: Cog cancelling a prediction, the web app's Stop) the `cancel` event among `kwargs`,
+    if any, is set, so the work stops within a window (with its ffmpeg processes), and the thread
+    is waited for. The server reports the request cancelled at once and may start the next one:
+    the event is what stops this one."""
+    job = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        if kwargs.get("cancel") is not None:
+            kwargs["cancel"].set()
+        await asyncio.wait([job])
+        if not job.cancelled():
+            job.exception()  # JobCancelled, or whatever ended it: expected, not an unhandled error
+        raise
+
+
+class OutputFolders:
+    """One folder per job under `root`.
+
+    A finished folder is kept for `max_age_s` counted from when it finished (Cog uploads a
+    prediction's output after run() returns; the web app lists its results). Folders of jobs still
+    running are never removed, however old, and a folder another job's cleanup removed first is
+    skipped.
+    """
+
+    def __init__(self, root: Path, max_age_s: float):
+        self.root, self.max_age_s = root, max_age_s
+        self._running: set[Path] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def new(self, name: str | None = None) -> Iterator[Path]:
+        """A folder for one job: removed when the job fails or is cancelled. With a `name`, it is
+        made as `.<name>.partial` and appears as `<name>` only once the job succeeded."""
+        folder = self.root / f".{name}.partial" if name else Path(tempfile.mkdtemp(dir=self.root))
+        folder.mkdir(exist_ok=True)
+        with self._lock:
+            self._running.add(folder)
+        try:
+            yield folder
+            finished = folder.rename(self.root / name) if name else folder
+            os.utime(finished)  # finished now: its age counts from here
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(folder)
+
+    def remove_old(self) -> None:
+        """Remove finished folders older than `max_age_s`."""
+        now = time.time()
+        with self._lock:
+            running = set(self._running)
+        for folder in self.root.iterdir():
+            if folder in running:
+                continue
+            try:
+                age = now - folder.stat().st_mtime
+            except FileNotFoundError:  # another prediction's cleanup got there first
+                continue
+            if age > self.max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)

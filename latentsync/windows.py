@@ -1,5 +1,6 @@
-"""A job's 16-frame windows through the diffusion model: gathered into batches and denoised,
-recovering from running out of GPU memory and from nothing else.
+"""A job's 16-frame windows through the diffusion model: taken from the analysis as it hands them
+over, gathered into batches and denoised, recovering from running out of GPU memory and from
+nothing else.
 
 Running out of memory is retried with the same arithmetic in less memory (`MEMORY_SAVERS`); a
 window that still does not fit keeps its original frames and the report names it. Any other
@@ -7,14 +8,17 @@ error of the model (a CUDA error, a checkpoint that does not fit its config) fai
 with `ModelError`: a video that quietly kept its original mouths is not a result.
 
 Windows go through the model in plan order, `windows_per_batch` of the same length at a time
-(consecutive full windows of one span, or of the next spans too), and each batch draws its random
-numbers window after window: so a window's result is the same whatever the batch size. The one
-noise frame of the whole video is drawn first, from a CPU generator seeded with the job's seed.
+(consecutive full windows of one span, or of the next spans too: a batch waits for the windows
+that belong in it, so it is made of the same windows whenever they arrive), and each batch draws
+its random numbers window after window: so a window's result is the same whatever the batch size.
+The one noise frame of the whole video is drawn first, from a CPU generator seeded with the job's
+seed.
 """
 
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,10 +29,8 @@ from .audio import AudioFeatures, frame_chunks
 from .config import FRAMES_PER_WINDOW
 from .denoise import initial_noise, unet_device_dtype
 from .device import to_device
-from .face.align import FaceAligner
-from .media.ffmpeg import MediaError
-from .options import LipsyncOptions
-from .planner import Plan, Span, windows_for
+from .job import Job, Models
+from .planner import Span
 from .progress import raise_if_cancelled
 
 logger = logging.getLogger("latentsync")
@@ -54,86 +56,25 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 @dataclass
-class WindowResult:
-    """Regenerated faces (n, 3, R, R) in [-1, 1] for the output frames `frames`; None if the window
-    ran out of memory even with every memory saver (the frames keep their original picture)."""
+class Window:
+    """A window of the regenerated span that starts at output frame `span_start`: its output
+    frames, and the speaker's face crops on them (n, R, R, 3) uint8, the model's input."""
 
+    span_start: int
+    frames: range
+    crops: np.ndarray
+
+
+@dataclass
+class WindowResult:
+    """Regenerated faces (n, 3, R, R) in [-1, 1] for the output frames `frames` of the span that
+    starts at `span_start`; None if the window ran out of memory even with every memory saver (the
+    frames keep their original picture)."""
+
+    span_start: int
     frames: range
     faces: torch.Tensor | None
     error: str = ""
-
-
-class SpanCrops:
-    """The model-input face crops (n, R, R, 3) of each generated span, in plan order.
-
-    A thread of their own decodes the spans' source frames (`open_frames()` opens that decoder)
-    and aligns them one span ahead of the one being denoised, so the CPU's share of the work
-    overlaps with the GPU's. A span's crops are forgotten once released. An error of that thread
-    is raised where crops are asked for, then and on every later request; waiting for crops ends
-    when `cancel` is set or the crops are closed. `close()` ends the thread and its decoder.
-    """
-
-    def __init__(self, plan: Plan, open_frames: Callable[[], Iterator[np.ndarray]], resolution: int, cancel: threading.Event | None = None):
-        self.plan, self.open_frames, self.resolution, self.cancel = plan, open_frames, resolution, cancel
-        self._closed = threading.Event()
-        self._made: dict[int, np.ndarray] = {}  # span start -> crops
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def __getitem__(self, span: Span) -> np.ndarray:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._align_spans, daemon=True)
-            self._thread.start()
-        while span.start not in self._made:
-            if self._error is not None:
-                raise self._error
-            raise_if_cancelled(self.cancel)
-            if self._closed.is_set():
-                raise AlignmentError("The job stopped while its faces were being aligned.")
-            try:
-                item = self._queue.get(timeout=WAIT_S)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    self._error = AlignmentError(f"The face alignment ended before the span at {span.start / self.plan.fps:.2f} s.")
-                continue
-            if isinstance(item, BaseException):
-                self._error = item
-            else:
-                self._made[item[0]] = item[1]
-        return self._made[span.start]
-
-    def release(self, span: Span) -> None:
-        self._made.pop(span.start, None)
-
-    def close(self) -> None:
-        """Stop the alignment thread; wait a moment for it to close its decoder (a thread stuck in
-        a library call is left to end on its own: the job does not wait for it)."""
-        self._closed.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2 * WAIT_S)
-
-    def _align_spans(self) -> None:
-        aligner, frames = FaceAligner(self.resolution), self.open_frames()
-        span = None
-        try:
-            for span in self.plan.generated_spans:
-                crops = []
-                for k in range(span.start, span.end):
-                    if self._closed.is_set():
-                        return
-                    crops.append(aligner.model_input(next(frames), self.plan.affines[self.plan.source_frames[k]]))
-                if not hand_over(self._queue, (span.start, np.stack(crops)), self._closed):
-                    return
-        except MediaError as error:  # the decoder's own sentence
-            hand_over(self._queue, error, self._closed)
-        except Exception as error:  # raised where the crops are asked for
-            where = f" for {seconds(range(span.start, span.end), self.plan.fps)}" if span is not None else ""
-            failure = AlignmentError(f"Aligning the speaker's face failed{where}: {type(error).__name__}: {error}")
-            failure.__cause__ = error
-            hand_over(self._queue, failure, self._closed)
-        finally:
-            frames.close()
 
 
 def hand_over(to: queue.Queue, item, stop: threading.Event) -> bool:
@@ -147,120 +88,164 @@ def hand_over(to: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-class JobWindows:
-    """The denoising state of one job: the generator, the noise, the counters, and the windows
-    denoised ahead of the span that asked for them."""
+class Stopped(Exception):
+    """The thread a job's thread waited on was stopped (the job ended on another error or was cancelled)."""
 
-    def __init__(self, models, plan: Plan, options: LipsyncOptions, audio_features: AudioFeatures, crops: SpanCrops,
-                 cancel: threading.Event | None = None):
-        """`models` as `render.Models`; `crops` gives each span's face crops."""
-        self.models, self.plan, self.options, self.audio_features, self.crops = models, plan, options, audio_features, crops
-        self.cancel = cancel
+
+def take(source: queue.Queue, producer: threading.Thread, cancel: threading.Event | None, what: str,
+         stop: threading.Event | None = None, while_waiting: Callable[[], None] | None = None):
+    """The next item of a queue `producer` fills, waiting while it is empty: an error handed over
+    instead of an item is raised; JobCancelled once `cancel` is set, Stopped once `stop` is;
+    RuntimeError if the producer ended without handing over its items. `while_waiting` is called
+    between the checks."""
+    while True:
+        raise_if_cancelled(cancel)
+        if stop is not None and stop.is_set():
+            raise Stopped(f"the {what} was stopped")
+        if while_waiting is not None:
+            while_waiting()
+        try:
+            item = source.get(timeout=WAIT_S)
+        except queue.Empty:
+            if not producer.is_alive() and source.empty():
+                raise RuntimeError(f"The {what} ended without handing over its work.") from None
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class JobWindows:
+    """The denoising state of one job: the generator, the noise, the counters; the plan's spans and
+    windows as the analysis hands them over (`next`), and the windows denoised ahead of the one
+    asked for."""
+
+    def __init__(self, models: Models, job: Job, audio_features: AudioFeatures, source: Callable[[], object]):
+        """`source()` is the analysis's next item (`analysis.Analysis.next`): a final span, a
+        `Window`, or None at the end."""
+        self.models, self.job, self.audio_features, self._source = models, job, audio_features, source
         self.device, self.dtype = unet_device_dtype(models.unet)
-        self.generator = torch.Generator().manual_seed(options.seed)  # on the CPU: the same draws on every device
+        self.generator = torch.Generator().manual_seed(job.options.seed)  # on the CPU: the same draws on every device
         self.noise = initial_noise(self.generator, models.resolution // 8, FRAMES_PER_WINDOW, self.device, self.dtype)
         self.windows_denoised = self.unet_window_steps = self.windows_failed = 0
-        self._order = [(span, window) for span in plan.generated_spans for window in windows_for(span)]
-        self._position = {window.start: index for index, (_, window) in enumerate(self._order)}
+        self._ahead: deque = deque()  # items taken from the source to fill a batch, not given out yet
         self._ready: dict[int, WindowResult] = {}  # denoised ahead, by first frame
 
-    def result(self, span: Span, window: range, across_spans: bool) -> WindowResult:
+    def next(self):
+        """The analysis's next item, in plan order."""
+        return self._ahead.popleft() if self._ahead else self._source()
+
+    def result(self, window: Window, across_spans: bool) -> WindowResult:
         """The window at the job's guidance, denoised now with the windows after it (of the same
         length, up to `windows_per_batch`; from later spans too if `across_spans`), or earlier."""
-        if window.start not in self._ready:
-            batch = self._batch_from(self._order[self._position[window.start] :], across_spans)
-            for (_, denoised), result in zip(batch, self.denoise(batch, self.options.guidance_scale)):
-                self._ready[denoised.start] = result
-        return self._ready.pop(window.start)
+        if window.frames.start not in self._ready:
+            batch = self._batch_from(window, self._items_ahead(), across_spans)
+            for denoised, result in zip(batch, self.denoise(batch, self.job.options.guidance_scale)):
+                self._ready[denoised.frames.start] = result
+        return self._ready.pop(window.frames.start)
 
-    def redo(self, span: Span, guidance: float) -> list[WindowResult]:
-        """All of a span's windows once more, at another guidance, in batches of their own."""
-        pending, results = [(span, window) for window in windows_for(span)], []
+    def discard(self, window: Window) -> None:
+        """Forget a window denoised ahead that will not be used."""
+        self._ready.pop(window.frames.start, None)
+
+    def redo(self, windows: list[Window], guidance: float) -> list[WindowResult]:
+        """A span's windows once more, at another guidance, in batches of their own."""
+        pending, results = list(windows), []
         while pending:
-            batch = self._batch_from(pending, across_spans=False)
+            batch = self._batch_from(pending[0], iter(pending[1:]), across_spans=False)
             results += self.denoise(batch, guidance)
             pending = pending[len(batch) :]
         return results
 
-    def _batch_from(self, pending: list[tuple[Span, range]], across_spans: bool) -> list[tuple[Span, range]]:
-        """The first pending window and those after it that may share its batch: the same length,
-        up to `windows_per_batch`, of the same span unless `across_spans`."""
-        first_span, first = pending[0]
-        batch = pending[:1]
-        for span, window in pending[1:]:
-            if len(batch) == self.models.windows_per_batch or len(window) != len(first) or (span is not first_span and not across_spans):
+    def _items_ahead(self) -> Iterator:
+        """The items after the current one, taken from the source as they are asked for."""
+        position = 0
+        while True:
+            if position == len(self._ahead):
+                self._ahead.append(self._source())
+            yield self._ahead[position]
+            position += 1
+
+    def _batch_from(self, first: Window, after: Iterator, across_spans: bool) -> list[Window]:
+        """`first` and the windows after it that may share its batch: the same length, up to
+        `windows_per_batch`, of the same span unless `across_spans` (spans kept as they are, in
+        between, are passed over)."""
+        batch = [first]
+        while len(batch) < self.models.windows_per_batch:
+            item = next(after, None)
+            if item is None or (isinstance(item, Span) and not across_spans):
                 break
-            batch.append((span, window))
+            if isinstance(item, Window):
+                if len(item.frames) != len(first.frames):
+                    break
+                batch.append(item)
         return batch
 
-    def denoise(self, batch: list[tuple[Span, range]], guidance: float) -> list[WindowResult]:
+    def denoise(self, batch: list[Window], guidance: float) -> list[WindowResult]:
         """Denoise windows of one length in one batch. If memory runs out, one at a time from the
         same generator state (so each window keeps its result and a failure stays with its own
         window); any other error of the model fails the job (`ModelError`)."""
-        raise_if_cancelled(self.cancel)
+        raise_if_cancelled(self.job.cancel)
         if len(batch) > 1:
             state = self.generator.get_state()
-            faces = [self._faces(span, window) for span, window in batch]
             try:
-                generated = self._run_model(faces, [window for _, window in batch], guidance)
-                return [self._count(WindowResult(window, window_faces)) for (_, window), window_faces in zip(batch, generated)]
+                generated = self._run_model(batch, guidance)
+                return [self._count(WindowResult(window.span_start, window.frames, faces)) for window, faces in zip(batch, generated)]
             except Exception as error:
-                self._raise_unless_out_of_memory(error, [window for _, window in batch])
+                self._raise_unless_out_of_memory(error, batch)
                 logger.warning("out of memory in a batch of %d windows; denoising them one at a time", len(batch))
             self.generator.set_state(state)
             free_cached_memory()  # outside the except block, whose traceback held the failed batch's activations
-            return [self._denoise_alone(span, window, guidance, recovering=True) for span, window in batch]
-        return [self._denoise_alone(span, window, guidance) for span, window in batch]
+            return [self._denoise_alone(window, guidance, recovering=True) for window in batch]
+        return [self._denoise_alone(window, guidance) for window in batch]
 
-    def _denoise_alone(self, span: Span, window: range, guidance: float, recovering: bool = False) -> WindowResult:
+    def _denoise_alone(self, window: Window, guidance: float, recovering: bool = False) -> WindowResult:
         """One window, retried with less memory while it runs out; if it never fits, it keeps its
         original frames and the result says why. Recovering from lack of memory, the U-Net runs
         uncompiled (a compiled one pads the batch to its graphs' size)."""
-        state, faces = self.generator.get_state(), self._faces(span, window)
+        state = self.generator.get_state()
         for attempt, memory_savers in enumerate(MEMORY_SAVERS, start=1):
             self.generator.set_state(state)
             try:
-                generated = self._run_model([faces], [window], guidance, eager=recovering or attempt > 1, **memory_savers)
-                return self._count(WindowResult(window, generated[0]))
+                generated = self._run_model([window], guidance, eager=recovering or attempt > 1, **memory_savers)
+                return self._count(WindowResult(window.span_start, window.frames, generated[0]))
             except Exception as error:
                 self._raise_unless_out_of_memory(error, [window])
                 logger.warning("out of memory (attempt %d of %d, %s)", attempt, len(MEMORY_SAVERS), memory_savers or "one batch")
             free_cached_memory()
         self.windows_failed += 1
-        where = seconds(window, self.plan.fps)
+        where = seconds(window.frames, self.job.fps)
         logger.error("out of GPU memory for %s even with every memory saver; those frames keep their original picture", where)
-        return WindowResult(window, None, f"{where}: out of GPU memory even with split guidance passes and frame-by-frame VAE decoding")
+        return WindowResult(window.span_start, window.frames, None, f"{where}: out of GPU memory even with split guidance passes and frame-by-frame VAE decoding")
 
-    def _raise_unless_out_of_memory(self, error: Exception, windows: list[range]) -> None:
+    def _raise_unless_out_of_memory(self, error: Exception, windows: list[Window]) -> None:
         if not is_out_of_memory(error):
-            where = seconds(range(windows[0].start, windows[-1].stop), self.plan.fps)
+            where = seconds(range(windows[0].frames.start, windows[-1].frames.stop), self.job.fps)
             on = "on the GPU" if self.device.type == "cuda" else f"on the {self.device.type.upper()}"
             raise ModelError(f"The model failed {on} while denoising {where}: {type(error).__name__}: {error}") from error
-    def _faces(self, span: Span, window: range) -> torch.Tensor:
-        crops = self.crops[span][window.start - span.start : window.stop - span.start]
-        return torch.from_numpy(crops).permute(0, 3, 1, 2)
 
-    def _run_model(self, faces: list[torch.Tensor], windows: list[range], guidance: float, eager: bool = False, **memory_savers) -> torch.Tensor:
+    def _run_model(self, windows: list[Window], guidance: float, eager: bool = False, **memory_savers) -> torch.Tensor:
         """(n, f, 3, R, R) generated faces, on the CPU in float32, for n windows of f frames;
         `eager`: with the uncompiled U-Net."""
-        audio = torch.stack([frame_chunks(self.audio_features, window.start, len(window), self.plan.fps) for window in windows])
-        models = self.models
+        faces = torch.stack([torch.from_numpy(window.crops).permute(0, 3, 1, 2) for window in windows])
+        audio = torch.stack([frame_chunks(self.audio_features, window.frames.start, len(window.frames), self.job.fps) for window in windows])
+        models, options = self.models, self.job.options
         unet = getattr(models.unet, "eager", models.unet) if eager else models.unet
         with models.model_lock:
             generated = models.denoiser(
-                unet, models.vae, models.scheduler, to_device(torch.stack(faces), self.device), to_device(audio, self.device, self.dtype), models.mask,
-                num_inference_steps=self.options.num_inference_steps,
+                unet, models.vae, models.scheduler, to_device(faces, self.device), to_device(audio, self.device, self.dtype), models.mask,
+                num_inference_steps=options.num_inference_steps,
                 guidance_scale=guidance,
-                initial_latents=self.noise[:, :, : len(windows[0])],
+                initial_latents=self.noise[:, :, : len(windows[0].frames)],
                 generator=self.generator,
-                enable_deepcache=self.options.enable_deepcache,
+                enable_deepcache=options.enable_deepcache,
                 **memory_savers,
             )
         return generated.float().cpu()
 
     def _count(self, result: WindowResult) -> WindowResult:
         self.windows_denoised += 1
-        self.unet_window_steps += self.options.num_inference_steps
+        self.unet_window_steps += self.job.options.num_inference_steps
         return result
 
 

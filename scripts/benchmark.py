@@ -4,6 +4,7 @@ the cold setup time.
 
     python -m scripts.benchmark                      # everything (about 45 minutes on 2 CPU cores)
     python -m scripts.benchmark --sections stages work   # a subset; other sections keep their last figures
+    python -m scripts.benchmark --sections simulated-gpu # does the GPU wait? (scripts/benchmark_simulated_gpu.py)
 
 Writes bench/benchmark.json, bench/benchmark.md, bench/memory.png and bench/stages.png.
 """
@@ -158,6 +159,16 @@ def markdown(results: dict) -> str:
     setup = results.get("setup")
     if setup:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
+    for version, simulated in sorted(results.get("simulated_gpu", {}).items()):
+        for row in simulated["rows"]:
+            cpu = row["cpu_s_per_output_s"]
+            lines.append(
+                f"| simulated GPU at {row['rate']:g} s per output s, {version} ({simulated['resolution']} px), {simulated['video']} | "
+                f"{row['wall_s']} s ({'job / GPU ' + str(row['job_over_gpu']) + 'x, ' if row['job_over_gpu'] else ''}"
+                f"first U-Net call {row['first_unet_call_s']} s, longest GPU wait {row['longest_gpu_idle_s']} s; CPU s per output s "
+                f"{row['cpu_s_per_output_s_total']}: decode {cpu['decode']}, detect {cpu['detection']}, align {cpu['alignment']}, "
+                f"paste {cpu['paste_back']}, encode {cpu['encode']}; load {row['load_average'][0]}) |"
+            )
     gpu = results.get("gpu")
     if gpu:
         lines += gpu_rows(gpu)
@@ -215,7 +226,8 @@ def plots(results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "vad", "setup"], choices=["stages", "memory", "unet", "work", "vad", "setup", "gpu"])
+    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "vad", "setup", "simulated-gpu"],
+                        choices=["stages", "memory", "unet", "work", "vad", "setup", "simulated-gpu", "gpu"])
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     path = OUT / "benchmark.json"
@@ -238,6 +250,10 @@ def main(argv=None) -> int:
             results["vad"] = voice_activity()
         elif section == "setup":
             results["setup"] = cold_setup()
+        elif section == "simulated-gpu":
+            results["simulated_gpu"] = {
+                version: run_json("scripts.benchmark_simulated_gpu", "--resolution", str(resolution)) for version, resolution in (("1.6", 512), ("1.5", 256))
+            }
         elif section == "gpu" and torch.cuda.is_available():
             results["gpu"] = run_json("scripts.benchmark_gpu")
     results["machine"] = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

@@ -164,6 +164,7 @@ def whole_job(steps: int, seconds_per_window_step: float) -> dict:
     from latentsync.audio import AudioEncoder
     from latentsync.denoise import load_training_mask
     from latentsync.face.detect import create_detector
+    from latentsync.job import Models
     from latentsync.options import LipsyncOptions
     from latentsync.pipeline import LipsyncPipeline
     from tests.media import ffmpeg
@@ -181,11 +182,13 @@ def whole_job(steps: int, seconds_per_window_step: float) -> dict:
         model_seconds.append(time.perf_counter() - tick)
         return generated
 
-    pipeline = LipsyncPipeline(
-        unet, vae, load_scheduler(), AudioEncoder(reference / "whisper_tiny_random.pt", device="cuda"), create_detector("auto", device="cuda"),
-        load_training_mask(assets / "mask.png", 512), 512, version="1.6 (random weights)", denoiser=timed_denoiser, compile_unet=True,
+    models = Models(
+        unet=unet, vae=vae, scheduler=load_scheduler(), audio_encoder=AudioEncoder(reference / "whisper_tiny_random.pt", device="cuda"),
+        face_detector=create_detector("auto", device="cuda"), mask=load_training_mask(assets / "mask.png", 512), resolution=512,
+        denoiser=timed_denoiser, windows_per_batch=auto_windows_per_batch(unet, 512),
     )
-    time_windows(unet, 512, pipeline.windows_per_batch, 2, "ours", repeats=0)  # compile before the clock starts
+    pipeline = LipsyncPipeline(models, version="1.6 (random weights)", compile_unet=True)
+    time_windows(unet, 512, pipeline.models.windows_per_batch, 2, "ours", repeats=0)  # compile before the clock starts
     with tempfile.TemporaryDirectory() as folder:
         video, audio = Path(folder) / "video60.mp4", Path(folder) / "audio60.wav"
         ffmpeg("-stream_loop", 5, "-i", assets / "demo1_video.mp4", "-t", 60, "-c:v", "libx264", "-crf", 18, "-an", video)
@@ -197,7 +200,7 @@ def whole_job(steps: int, seconds_per_window_step: float) -> dict:
     timings = report.timings
     return {
         "wall_s": round(wall, 1), "frames": report.frames, "frames_generated": report.frames_generated,
-        "windows_per_batch": pipeline.windows_per_batch, "model_s": round(sum(model_seconds), 1), "unet_s": round(unet_s, 1),
+        "windows_per_batch": pipeline.models.windows_per_batch, "model_s": round(sum(model_seconds), 1), "unet_s": round(unet_s, 1),
         "whole_job_over_model": round(wall / sum(model_seconds), 2) if model_seconds else None,
         "whole_job_over_unet": round(wall / unet_s, 2) if unet_s else None,
         "analysis_share": round((timings["audio_s"] + timings["face_detection_s"]) / wall, 3), "timings": timings,

@@ -211,9 +211,15 @@ def instrumented_pipeline(resolution: int, rate: float, clock: StageClock):
 
     files = tiny_files()
     files.resolution = resolution
+    try:  # the CPU threads as a GPU server has them (the code before issue 19 left torch's default)
+        from latentsync.device import use_cpu_for_frames
+
+        use_cpu_for_frames("cuda")
+    except ImportError:
+        pass
     gpu = SimulatedGPU(rate)
     pipeline = LipsyncPipeline.from_files(files, device="cpu", face_detector="mediapipe", denoiser=gpu)
-    warm_up(pipeline.face_detector)
+    warm_up(pipeline.models.face_detector)
     pipeline.face_detector.detect = clock.wrap("detection", pipeline.face_detector.detect)
     FaceAligner.model_input = clock.wrap("alignment", FaceAligner.model_input)
     FaceAligner.restore = clock.wrap("paste_back", FaceAligner.restore)

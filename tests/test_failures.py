@@ -51,7 +51,7 @@ def unet_raises(pipeline):
             if raised is not None:
                 raise raised
 
-        hooks.append(pipeline.unet.register_forward_pre_hook(hook))
+        hooks.append(pipeline.models.unet.register_forward_pre_hook(hook))
         return calls
 
     yield install
@@ -95,10 +95,10 @@ def nan_when_decoding_below_float32(vae):
 def test_a_non_finite_decode_is_decoded_again_in_float32(media, tmp_path):
     video, audio, _ = media
     pipeline = tiny_pipeline(precision="bfloat16")
-    decoded_in = nan_when_decoding_below_float32(pipeline.vae)
+    decoded_in = nan_when_decoding_below_float32(pipeline.models.vae)
     report = pipeline(video, audio, tmp_path / "out.mp4", OPTIONS).report
     assert report.frames_generated == 50 and report.failed_windows == 0
-    assert decoded_in == [torch.bfloat16, torch.float32] * 4 and pipeline.vae.dtype == torch.bfloat16
+    assert decoded_in == [torch.bfloat16, torch.float32] * 4 and pipeline.models.vae.dtype == torch.bfloat16
 
 
 def test_a_decode_non_finite_in_float32_too_fails_the_job(media, tmp_path):
@@ -108,7 +108,7 @@ def test_a_decode_non_finite_in_float32_too_fails_the_job(media, tmp_path):
     def infinite(module, args, out):
         out.sample.fill_(float("inf"))
 
-    pipeline.unet.register_forward_hook(infinite)
+    pipeline.models.unet.register_forward_hook(infinite)
     with pytest.raises(ModelError, match=r"FloatingPointError: the VAE decoded non-finite values even in float32"):
         pipeline(video, audio, tmp_path / "out.mp4", OPTIONS)
 
@@ -126,7 +126,7 @@ def test_an_aligner_error_fails_the_job_within_seconds(pipeline, media, monkeypa
 
     monkeypatch.setattr(FaceAligner, "model_input", breaks_on_the_twentieth_frame)
     started = time.perf_counter()
-    with pytest.raises(AlignmentError, match=r"^Aligning the speaker's face failed for 0\.00-2\.00 s: IndexError: injected by the test"):
+    with pytest.raises(AlignmentError, match=r"^Aligning the faces for the model failed at 0\.76 s of the video: IndexError: injected by the test"):
         pipeline(video, audio, tmp_path / "out.mp4", OPTIONS)
     assert time.perf_counter() - started < 30 and not (tmp_path / "out.mp4").exists()
 
@@ -173,14 +173,14 @@ def test_failed_and_degraded_jobs_leave_nothing_in_the_result_cache(media, tmp_p
     def device_error(*args, **kwargs):
         raise RuntimeError(CUDA_ERROR)
 
-    pipeline.denoiser = device_error
+    pipeline.models.denoiser = device_error
     with pytest.raises(ModelError):
         pipeline(video, audio, tmp_path / "failed.mp4", OPTIONS)
-    pipeline.denoiser = second_window_never_fits
+    pipeline.models.denoiser = second_window_never_fits
     degraded = pipeline(video, audio, tmp_path / "degraded.mp4", OPTIONS).report
     assert degraded.failed_windows == 1 and (tmp_path / "degraded.mp4").exists()
     assert not list(cache.entries.iterdir())  # neither the failure nor the degraded result was kept
-    pipeline.denoiser = denoise_windows
+    pipeline.models.denoiser = denoise_windows
     repeat = pipeline(video, audio, tmp_path / "repeat.mp4", OPTIONS).report
     assert repeat.cache == "miss" and repeat.failed_windows == 0 and repeat.frames_generated == 50
 

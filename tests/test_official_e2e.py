@@ -46,7 +46,7 @@ class ReplayedFaces:
 def run_reference_job(tmp_path, **settings) -> np.ndarray:
     """The reference job through the whole pipeline; the output's frames cropped to the reference box."""
     pipeline = tiny_pipeline(**settings)
-    pipeline.face_detector = ReplayedFaces(frames(E2E / "clip.mp4"), np.load(E2E / "faces.npz"))
+    pipeline.models.face_detector = ReplayedFaces(frames(E2E / "clip.mp4"), np.load(E2E / "faces.npz"))
     output = tmp_path / "e2e.mp4"
     pipeline(E2E / "clip.mp4", E2E / "clip.wav", output, OFFICIAL_SETTINGS)
     x1, y1, x2, y2 = np.load(E2E / "official_faces.npz")["box"]

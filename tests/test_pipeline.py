@@ -97,7 +97,7 @@ def test_identity_generator_keeps_the_picture(pipeline, clip, tmp_path, monkeypa
     def identity(unet, vae, scheduler, faces, *args, **kwargs):
         return faces.float() / 127.5 - 1
 
-    monkeypatch.setattr(pipeline, "denoiser", identity)
+    monkeypatch.setattr(pipeline.models, "denoiser", identity)
     out = tmp_path / "identity.mp4"
     report = pipeline(clip, clip, out, FAST).report.to_dict()
     assert report["frames_generated"] > 0.8 * report["frames"]

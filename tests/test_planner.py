@@ -11,18 +11,18 @@ from latentsync.face.track import build_tracks, choose_speaker, iou
 from latentsync.options import LipsyncOptions
 from latentsync.planner import (
     MAX_SPAN_FRAMES,
+    MIN_LAST_PIECE_FRAMES,
     Action,
     LengthMode,
     NoFaceError,
+    PlanBuilder,
     Span,
-    absorb_short_generated_spans,
+    SpanBuilder,
     blend_weight,
     frames_covering,
     output_fps,
     plan_job,
     plan_timeline,
-    spans_from_actions,
-    split_at,
     windows_for,
 )
 
@@ -77,26 +77,30 @@ def test_plan_timeline_rejects_empty_inputs():
         plan_timeline(10, 10, "sideways")
 
 
+def spans_of(actions, cuts=()):
+    """The spans a SpanBuilder makes of per-frame actions, with cuts before the given frames."""
+    builder = SpanBuilder()
+    for frame, action in enumerate(actions):
+        builder.push(action, cut=frame in cuts)
+    return [(s.start, s.end, s.action) for s in builder.finish()]
+
+
 def test_spans_cover_the_timeline_in_order():
     G, S, N = Action.GENERATED, Action.SILENCE, Action.NO_FACE
-    spans = spans_from_actions([G, G, S, S, S, G, N, N])
-    assert [(s.start, s.end, s.action) for s in spans] == [(0, 2, G), (2, 5, S), (5, 6, G), (6, 8, N)]
+    assert spans_of([G] * 5 + [S] * 3 + [G] * 4 + [N] * 2) == [(0, 5, G), (5, 8, S), (8, 12, G), (12, 14, N)]
 
 
 def test_short_generated_runs_become_passthrough():
-    G, S = Action.GENERATED, Action.SILENCE
-    spans = absorb_short_generated_spans(spans_from_actions([G] * 20 + [S] * 5 + [G] * 2 + [S] * 5), min_frames=4)
-    assert [(s.start, s.end, s.action) for s in spans] == [
-        (0, 20, G),
-        (20, 25, S),
-        (25, 27, Action.PASSTHROUGH),
-        (27, 32, S),
-    ]
+    G, S, P = Action.GENERATED, Action.SILENCE, Action.PASSTHROUGH
+    assert spans_of([G] * 20 + [S] * 5 + [G] * 2 + [S] * 5) == [(0, 20, G), (20, 25, S), (25, 27, P), (27, 32, S)]
+    assert spans_of([G] * 2 + [G] * 2 + [S] * 3, cuts={2}) == [(0, 4, P), (4, 7, S)]  # short runs on both sides of a cut merge
+    assert spans_of([G] * 3) == [(0, 3, G)]  # the whole video: nothing to pass through to
 
 
 def test_windows_never_straddle_a_split():
-    spans = split_at([Span(0, 40, Action.GENERATED), Span(40, 50, Action.SILENCE)], {20, 45})
-    assert [(s.start, s.end) for s in spans] == [(0, 20), (20, 40), (40, 50)]  # silence is not split
+    G, S = Action.GENERATED, Action.SILENCE
+    assert spans_of([G] * 40 + [S] * 10, cuts={20, 45}) == [(0, 20, G), (20, 40, G), (40, 50, S)]  # silence is not split
+    spans = [Span(start, end, action) for start, end, action in spans_of([G] * 40 + [S] * 10, cuts={20, 45})]
     windows = [w for s in spans if s.action is Action.GENERATED for w in windows_for(s)]
     assert [(w.start, w.stop) for w in windows] == [(0, 16), (16, 20), (20, 36), (36, 40)]
 
@@ -140,25 +144,48 @@ def test_tracks_follow_moving_faces_and_fill_short_gaps():
 
 def test_speaker_is_the_largest_track_and_point_picks_another():
     frames = [[_face(100, 100, 300), _face(700, 100, 150)] for _ in range(20)]
-    tracks = build_tracks(frames)
-    default = choose_speaker(tracks)
+    default = choose_speaker(frames, CHOICE_FRAMES)
     assert len(default) == 1 and default[0].faces[0].box[2] - default[0].faces[0].box[0] == 300
-    picked = choose_speaker(tracks, point=(760, 160, 5))
+    picked = choose_speaker(frames, CHOICE_FRAMES, point=(760, 160, 5))
     assert len(picked) == 1 and picked[0].faces[5].box[0] == 700  # the other face co-occurs, so it is not added
-    by_box = choose_speaker(tracks, box=(690, 90, 860, 260, 0))
-    assert by_box[0] is picked[0]
+    by_box = choose_speaker(frames, CHOICE_FRAMES, box=(690, 90, 860, 260, 0))
+    assert by_box[0].faces[0].box[0] == 700
     with pytest.raises(ValueError, match="No face was found on frame 30"):
-        choose_speaker(tracks, point=(760, 160, 30))
+        choose_speaker(frames, CHOICE_FRAMES, point=(760, 160, 30))
 
 
 def test_speaker_continues_after_a_scene_cut():
     shot_a = [[_face(100, 100, 300)] for _ in range(20)]
     cutaway = [[] for _ in range(10)]
     shot_b = [[_face(500, 300, 280)] for _ in range(20)]
-    tracks = build_tracks(shot_a + cutaway + shot_b)
-    assert len(tracks) == 2
-    speaker = choose_speaker(tracks)
+    assert len(build_tracks(shot_a + cutaway + shot_b)) == 2
+    speaker = choose_speaker(shot_a + cutaway + shot_b, CHOICE_FRAMES)
     assert [t.first for t in speaker] == [0, 30]
+
+
+CHOICE_FRAMES = 50  # two seconds at 25 fps
+
+
+def test_the_automatic_speaker_is_the_largest_face_of_the_first_seconds_with_faces():
+    # A small face alone for 3 s, then beside a larger one that stays 12 s: over the whole video the
+    # larger face has the larger area (the rule before streaming chose it); the speaker is chosen
+    # from the first 2 s with faces, so the small one speaks, and the larger one, seen beside it,
+    # never does.
+    small, large = _face(100, 100, 120), _face(600, 100, 300)
+    frames = [[] for _ in range(10)] + [[small] for _ in range(75)] + [[large, small] for _ in range(25)] + [[large] for _ in range(300)]
+    speaker = choose_speaker(frames, CHOICE_FRAMES)
+    assert len(speaker) == 1 and speaker[0].first == 10 and speaker[0].last == 109
+    assert max(build_tracks(frames), key=lambda t: t.total_area()).faces[110].box[0] == 600
+
+
+def test_a_face_in_another_shot_speaks_once_it_lasted_long_enough_and_is_not_much_smaller():
+    speaker = [[_face(100, 100, 300)] for _ in range(60)]
+    flicker = [[_face(500, 300, 280)] for _ in range(7)]  # too short to be the speaker again
+    tiny = [[_face(500, 300, 100)] for _ in range(20)]  # a ninth of the speaker's area: someone else
+    later = [[_face(500, 300, 280)] for _ in range(20)]
+    gap = [[] for _ in range(5)]
+    chosen = choose_speaker(speaker + gap + flicker + gap + tiny + gap + later, CHOICE_FRAMES)
+    assert [t.first for t in chosen] == [0, 60 + 5 + 7 + 5 + 20 + 5]
 
 
 def test_iou():
@@ -176,9 +203,8 @@ def detection(x=100.0, y=100.0, size=200.0, yaw=0.0) -> FaceDetection:
 
 
 def plan(detections, audio_s=None, pauses=(), fps=25.0, **options):
-    speaker = choose_speaker(build_tracks(detections))
     audio_s = len(detections) / fps if audio_s is None else audio_s
-    return plan_job(detections, speaker, audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
+    return plan_job(detections, audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
 
 
 def actions(result):
@@ -214,10 +240,13 @@ def test_pauses_are_silence_unless_silence_is_regenerated_too():
     assert actions(plan(frames, pauses=[(0.8, 1.2)], skip_silence=False)) == [(0, 50, G)]
 
 
-def test_long_generated_runs_are_cut_into_equal_pieces_within_the_limit():
+def test_long_generated_runs_are_cut_every_250_frames_from_their_start():
     result = plan([[detection()] for _ in range(600)])
-    assert [(s.start, s.end) for s in result.spans] == [(0, 200), (200, 400), (400, 600)]
-    assert all(len(s) <= MAX_SPAN_FRAMES for s in result.spans)
+    assert [(s.start, s.end) for s in result.spans] == [(0, 250), (250, 500), (500, 600)]
+    # a last piece under a second stays with the one before, so no span is shorter than that
+    assert [(s.start, s.end) for s in plan([[detection()] for _ in range(520)]).spans] == [(0, 250), (250, 520)]
+    assert [(s.start, s.end) for s in plan([[detection()] for _ in range(525)]).spans] == [(0, 250), (250, 500), (500, 525)]
+    assert MIN_LAST_PIECE_FRAMES == 25 and MAX_SPAN_FRAMES == 250
 
 
 def test_loop_restarts_cut_windows_but_remap_steps_do_not():
@@ -257,3 +286,61 @@ def test_output_fps_keeps_only_24_to_30_fps_sources_when_asked():
     assert output_fps(30.0, keep_source_fps=True) == 30.0
     assert output_fps(30.0, keep_source_fps=False) == 25.0
     assert output_fps(60.0, keep_source_fps=True) == 25.0
+
+
+# ---- the plan, built frame by frame --------------------------------------------------------------------
+
+
+def streamed(detections, audio_s=None, pauses=(), fps=25.0, **options):
+    """Feed the detections one frame at a time and check, at every frame, that whatever the plan
+    holds is what the whole plan has there: final spans, the frames known to belong to the open
+    regenerated span, source frames and alignments. Returns the plan and, per frame added, how
+    many output frames were planned."""
+    audio_s = len(detections) / fps if audio_s is None else audio_s
+    whole = plan(detections, audio_s, pauses, fps, **options)
+    builder = PlanBuilder(audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
+    whole_spans = [(s.start, s.end, s.action, s.details) for s in whole.spans]
+    planned, checked = [], set()
+    for faces in detections:
+        builder.add(faces)
+        spans = [(s.start, s.end, s.action, s.details) for s in builder.plan.spans]
+        assert spans == whole_spans[: len(spans)]
+        open_span = builder.spans.open_span
+        if open_span is not None:
+            final = next(s for s in whole.spans if s.start == open_span.start)
+            assert final.action is Action.GENERATED and final.end >= open_span.end
+        assert builder.plan.source_frames == list(whole.source_frames[: len(builder.plan.source_frames)])
+        assert all(np.array_equal(affine, whole.affines[frame]) for frame, affine in builder.plan.affines.items() if frame not in checked)
+        checked.update(builder.plan.affines)
+        planned.append(len(builder.plan.source_frames))
+    result = builder.finish()
+    assert [(s.start, s.end, s.action, s.details) for s in result.spans] == whole_spans
+    return result, planned
+
+
+@pytest.mark.parametrize("mode", list(LengthMode))
+def test_a_plan_built_frame_by_frame_is_final_where_it_is_built(mode):
+    shot_a = [[detection(100, 100, 300, yaw=80.0 if 30 <= i < 33 else 0.0), detection(700, 100, 150)] for i in range(60)]
+    cutaway = [[] for _ in range(10)] + [[detection(600, 500, 200)] for _ in range(5)] + [[] for _ in range(5)]
+    shot_b = [[detection(500, 300, 280)] for _ in range(300)]
+    frames = shot_a + cutaway + shot_b
+    frames[100] = []  # a missed detection, filled from its neighbours
+    pauses = [(0.4, 0.9), (7.0, 7.3)]
+    for audio_s in (len(frames) / 25 * 1.7, len(frames) / 25 * 0.6):
+        result, planned = streamed(frames, audio_s=audio_s, pauses=pauses, length_mode=mode.value)
+        assert {span.action for span in result.spans} >= {Action.GENERATED, Action.SILENCE, Action.OTHER_SPEAKER}
+        if mode is LengthMode.REMAP:
+            assert planned[-1] == 0  # every output frame depends on the video's length
+        else:  # planned a few frames behind the analysis, after the first 2 s with faces
+            assert all(count >= min(added, audio_s * 25) - 12 for added, count in enumerate(planned, start=1) if added > 60)
+
+
+def test_the_first_window_is_planned_within_the_first_seconds_whatever_the_length():
+    for seconds in (10, 60):
+        builder = PlanBuilder(seconds, [], 25.0, LipsyncOptions(), resolution=256)
+        for added in range(1, seconds * 25 + 1):
+            builder.add([detection()])
+            span = builder.spans.open_span
+            if span is not None and len(span) >= 16:
+                break
+        assert added <= CHOICE_FRAMES + 16 + 3, added  # 2 s to choose the speaker, then a window and its settling

@@ -64,7 +64,7 @@ def test_bfloat16_on_the_cpu_runs_and_stays_close_to_float32(media):
     for precision in ("float32", "bfloat16"):
         outputs = []
         pipeline = tiny_pipeline(precision=precision, denoiser=recording(outputs))
-        assert pipeline.unet.dtype == pipeline.vae.dtype == getattr(torch, precision)
+        assert pipeline.models.unet.dtype == pipeline.models.vae.dtype == getattr(torch, precision)
         pipeline(video, audio, folder / f"{precision}.mp4", options)
         faces[precision] = torch.cat(outputs)
     difference = (faces["float32"] - faces["bfloat16"]).norm() / faces["float32"].norm()
@@ -119,7 +119,7 @@ def test_float16_on_cuda_stays_close_to_float32_on_the_cpu(media):
         pipeline = tiny_pipeline(device=device, denoiser=recording(outputs), windows_per_batch=2)
         pipeline(video, audio, folder / f"{device}.mp4", options)
         faces[device] = torch.cat(outputs)
-    assert pipeline.unet.dtype == torch.float16
+    assert pipeline.models.unet.dtype == torch.float16
     difference = (faces["cpu"] - faces["cuda"]).norm() / faces["cpu"].norm()
     assert difference.item() < 0.05
 

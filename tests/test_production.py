@@ -140,7 +140,7 @@ def test_out_of_memory_is_recovered_with_the_same_output(pipeline, clips, clean_
         if args[0].shape[0] == 2:  # the full guidance batch: pretend it does not fit
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
 
-    hook = pipeline.unet.register_forward_pre_hook(out_of_memory_once_per_window)
+    hook = pipeline.models.unet.register_forward_pre_hook(out_of_memory_once_per_window)
     try:
         injected = folder / "injected.mp4"
         report = pipeline(clips["face"], audio, injected, options).report.to_dict()
@@ -153,7 +153,7 @@ def test_out_of_memory_is_recovered_with_the_same_output(pipeline, clips, clean_
 def test_a_window_that_never_fits_in_memory_passes_through_and_the_job_goes_on(pipeline, clips, clean_run, monkeypatch):
     folder = clips["folder"]
     audio, options, clean = clean_run
-    original, state = pipeline.denoiser, {"calls": 0}
+    original, state = pipeline.models.denoiser, {"calls": 0}
 
     def second_window_never_fits(*args, **kwargs):
         state["calls"] += 1
@@ -161,7 +161,7 @@ def test_a_window_that_never_fits_in_memory_passes_through_and_the_job_goes_on(p
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "denoiser", second_window_never_fits)
+    monkeypatch.setattr(pipeline.models, "denoiser", second_window_never_fits)
     failed_out = folder / "failed.mp4"
     report = pipeline(clips["face"], audio, failed_out, options).report.to_dict()
     failed = spans(report, "passthrough")
@@ -216,7 +216,7 @@ def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
     pipeline = tiny_pipeline(cache=ResultCache(tmp_path / "cache"))
     audio = speech(clips["folder"] / "cache.wav", 1.0, start=1.0)
     first = pipeline(clips["face"], audio, tmp_path / "first.mp4", LipsyncOptions(**FAST)).report.to_dict()
-    monkeypatch.setattr(pipeline, "denoiser", lambda *a, **k: pytest.fail("the model ran on a cache hit"))
+    monkeypatch.setattr(pipeline.models, "denoiser", lambda *a, **k: pytest.fail("the model ran on a cache hit"))
     second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report.to_dict()
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()

@@ -1,6 +1,8 @@
 """Blending in the render: the fade between regenerated and original frames follows what rendering
 did, not only what was planned (pure arrays; the whole pipeline is in test_production.py)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -13,11 +15,12 @@ def blend(sequence: list) -> list[float]:
     """Push frames described by `sequence` (a run id for a regenerated frame, None for an original
     one) and return each written frame's share of the regenerated face."""
     written = []
-    blender = Blender(restore=lambda frame, face, affine: np.full_like(frame, GENERATED), write=written.append)
-    for run in sequence:
-        face = None if run is None else object()
-        blender.push(np.zeros((2, 2, 3), np.uint8), face, affine=None, run=run)
-    blender.flush()
+    pasting = SimpleNamespace(paste=lambda frame, face, affine: (slice(None), slice(None), np.full_like(frame, GENERATED)))
+    with Blender(pasting, write=written.append) as blender:
+        for run in sequence:
+            face = None if run is None else object()
+            blender.push(np.zeros((2, 2, 3), np.uint8), face, affine=None, run=run)
+        blender.flush()
     assert len(written) == len(sequence)
     return [frame[0, 0, 0] / GENERATED for frame in written]
 

@@ -83,7 +83,18 @@ class FaceAligner:
         return cv2.resize(self.crop(frame, matrix), (self.resolution, self.resolution), interpolation=cv2.INTER_LANCZOS4)
 
     def restore(self, frame: np.ndarray, face, matrix: np.ndarray) -> np.ndarray:
-        """Paste a generated face (3, H, W) in [-1, 1] back into a copy of `frame`.
+        """Paste a generated face (3, H, W) in [-1, 1] back into a copy of `frame` (see `paste`)."""
+        out = frame.copy()
+        pasted = self.paste(frame, face, matrix)
+        if pasted is not None:
+            rows, cols, pixels = pasted
+            out[rows, cols] = pixels
+        return out
+
+    def paste(self, frame: np.ndarray, face, matrix: np.ndarray) -> tuple[slice, slice, np.ndarray] | None:
+        """What pasting a generated face (3, H, W) in [-1, 1] back changes in `frame`: the rows and
+        columns of the region it lands in and their new pixels (None if it lands nowhere). `frame`
+        is only read, so frames can be pasted on in threads (OpenCV and torch release the GIL).
 
         The face may be at the crop size or at the model resolution (then it is resized to the
         crop size with antialiased bicubic, as the official).
@@ -116,17 +127,16 @@ class FaceAligner:
 
         # Blend only where the feathered mask is non-zero: soft * (mask * face) + (1 - soft) * original.
         ys, xs = np.nonzero(soft.any(axis=1))[0], np.nonzero(soft.any(axis=0))[0]
-        out = frame.copy()
         if len(ys) == 0:
-            return out
+            return None
         rows, cols = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
         new_face = cv2.warpAffine(face, to_region, borderValue=(255.0,) * 3, **warp)[rows, cols]
         soft, mask = soft[rows, cols], mask[rows, cols]
-        target = out[y0:y1, x0:x1][rows, cols]
+        target = frame[y0:y1, x0:x1][rows, cols]
         pasted = cv2.multiply(cv2.multiply(new_face, cv2.merge([mask] * 3)), cv2.merge([soft] * 3))
         kept = cv2.multiply(target.astype(np.float32), cv2.merge([1.0 - soft] * 3))
-        target[...] = cv2.add(pasted, kept)  # float -> uint8 by truncation, as the official
-        return out
+        # float -> uint8 by truncation, as the official
+        return slice(y0 + rows.start, y0 + rows.stop), slice(x0 + cols.start, x0 + cols.stop), cv2.add(pasted, kept).astype(np.uint8)
 
 
 def _bounds(matrix: np.ndarray, size: tuple[int, int], frame_shape, margin: int) -> tuple[int, int, int, int]:

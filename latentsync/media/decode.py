@@ -70,62 +70,59 @@ def _frames_command(path, fps: float, start: int, count: int | None, info: Media
     ]
 
 
-def frames_in_order(
-    path, fps: float, indices=None, chunk: int = 32, info: MediaInfo | None = None,
-    max_seconds: float | None = None, role: str | None = "video",
-) -> Iterator[np.ndarray]:
-    """Frames of the video at `fps` in the order of `indices` (all frames when None).
+class FrameReader:
+    """Frames of the video at `fps` by index, asked for in any order, with bounded memory.
 
-    Runs of increasing indices stream from one decoder; a run going backwards (the ping-pong of
-    "bounce" mode) is read `chunk` frames at a time and reversed, so memory stays bounded. Pass
-    the video's `info` when it is known, so the file is not probed again. `max_seconds` and
-    `role` are read_frames'.
+    A request at or a little ahead of the decoder reads on (a frame asked for again is kept); a
+    step back (the ping-pong of "bounce" mode) decodes the `chunk` frames up to it at once, so
+    going backwards costs one decoder per `chunk` frames; any other jump starts a decoder at the
+    frame. Indices are exact wherever a decoder starts (see `read_frames`). Pass the video's `info`
+    when it is known, so the file is not probed again; `close()` ends the decoder.
     """
-    info = info or probe_video(path, role)
 
-    def decode(start: int = 0, count: int | None = None) -> Iterator[np.ndarray]:
-        return read_frames(path, fps, start, count, info=info, max_seconds=max_seconds, role=role)
+    def __init__(self, path, fps: float, info: MediaInfo | None = None, chunk: int = 32, role: str | None = "video"):
+        self.path, self.fps, self.chunk, self.role = path, fps, chunk, role
+        self.info = info or probe_video(path, role)
+        self.read_on = max(chunk, math.ceil(2 * fps))  # frames worth decoding rather than seeking over (a seek starts 2 s early)
+        self._stream: Iterator[np.ndarray] | None = None
+        self._next = 0  # the stream's next frame
+        self._held_start, self._held = 0, []  # frames that need no decoding: the last one read, or a chunk
+        self._last = -1  # the index asked for last
 
-    if indices is None:
-        yield from decode()
-        return
-    indices = np.asarray(indices, dtype=np.int64)
-    position = 0
-    while position < len(indices):
-        end = position + 1
-        if end < len(indices) and indices[end] < indices[position]:
-            while end < len(indices) and indices[end] <= indices[end - 1] and indices[end] >= indices[end - 1] - 1:
-                end += 1
-            yield from _backwards(decode, indices[position:end], chunk)
-        else:
-            while end < len(indices) and indices[end - 1] <= indices[end] <= indices[end - 1] + 1:
-                end += 1
-            yield from _forwards(decode, indices[position:end])
-        position = end
-
-
-def _forwards(decode, run) -> Iterator[np.ndarray]:
-    """A non-decreasing run of consecutive-or-repeated indices from one decoder."""
-    frames = decode(int(run[0]), int(run[-1] - run[0] + 1))
-    current_index, current = int(run[0]) - 1, None
-    try:
-        for index in run:
-            while current_index < index:
-                current, current_index = next(frames), current_index + 1
-            yield current
-    finally:
-        frames.close()
-
-
-def _backwards(decode, run, chunk) -> Iterator[np.ndarray]:
-    """A non-increasing run, read in chunks from its far end."""
-    cached_start, cached = None, []
-    for index in run:
+    def __getitem__(self, index: int) -> np.ndarray:
         index = int(index)
-        if cached_start is None or not cached_start <= index < cached_start + len(cached):
-            cached_start = max(0, index - chunk + 1)
-            cached = list(decode(cached_start, index - cached_start + 1))
-        yield cached[index - cached_start]
+        if not self._held_start <= index < self._held_start + len(self._held):
+            if self._stream is not None and self._next <= index < self._next + self.read_on:
+                self._read_on_to(index)
+            elif index == self._last - 1:
+                self._read_chunk_up_to(index)
+            else:
+                self.close()
+                self._stream, self._next = self._decode(index), index
+                self._read_on_to(index)
+        self._last = index
+        return self._held[index - self._held_start]
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _decode(self, start: int, count: int | None = None) -> Iterator[np.ndarray]:
+        return read_frames(self.path, self.fps, start, count, info=self.info, role=self.role)
+
+    def _read_on_to(self, index: int) -> None:
+        while self._next <= index:
+            frame = next(self._stream, None)
+            if frame is None:
+                raise IndexError(f"frame {index} is past the end of the video ({self._next} frames)")
+            self._held_start, self._held, self._next = self._next, [frame], self._next + 1
+
+    def _read_chunk_up_to(self, index: int) -> None:
+        start = max(0, index - self.chunk + 1)
+        self._held_start, self._held = start, list(self._decode(start, index - start + 1))
+        if len(self._held) != index - start + 1:
+            raise IndexError(f"frame {index} is past the end of the video")
 
 
 def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE, max_seconds: float | None = None, role: str | None = "audio") -> np.ndarray:

@@ -1,0 +1,146 @@
+"""A job's analysis, streamed on a thread of its own: one decoder reads each frame of the video
+once, the faces on it are found, the plan is extended (`planner.PlanBuilder`), and the faces the
+model will regenerate are cropped, so denoising starts on the first windows while the rest of the
+video is still being analysed.
+
+A crop is made while its frame is decoded, for every face that may turn out to be the speaker's on
+a frame that may be regenerated, and kept until the plan decides (until the speaker is chosen in
+the first seconds with faces; a few frames otherwise). The few crops the plan needs and did not
+keep (a decision that took longer than `CROPS_KEPT_S`), and those of the frames the bounce and
+loop modes show again and of the remap mode, come from a second decoder.
+
+The denoising worker takes, in output order (`next`): each final span (a regenerated one after
+its windows), each window of a regenerated span with its crops, and None at the end. An error of
+the analysis is raised there instead; the hand-over waits while `windows_ahead` items are waiting.
+"""
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from contextlib import closing
+
+import numpy as np
+
+from .config import FRAMES_PER_WINDOW
+from .face.align import FaceAligner
+from .face.track import MAX_GAP
+from .job import Job, Models
+from .media.decode import FrameReader, read_frames
+from .media.ffmpeg import MediaError
+from .planner import Action, PlanBuilder, Span
+from .windows import AlignmentError, Window, hand_over, take
+
+CROPS_KEPT_S = 3.0  # crops are kept this far ahead of the frames handed over, then decoded again if needed
+
+
+class Analysis:
+    """One job's analysis thread (`start`, then `next` until None, then `close`)."""
+
+    def __init__(self, job: Job, models: Models, builder: PlanBuilder, windows_ahead: int, max_seconds: float | None = None):
+        self.job, self.builder, self.max_seconds = job, builder, max_seconds
+        self.detector, self.aligner = models.face_detector, FaceAligner(models.resolution)
+        self.frames_analysed = 0
+        self.seconds: float | None = None  # how long the analysis of the whole video took
+        self._queue: queue.Queue = queue.Queue(maxsize=windows_ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="analysis")
+        self._kept: dict[tuple[int, int], np.ndarray] = {}  # (track id, source frame) -> crop
+        self._kept_frames = math.ceil(CROPS_KEPT_S * job.fps)
+        self._spans_handed = 0  # final spans handed over
+        self._window: tuple[int, int] | None = None  # (span start, next window start) of the regenerated span being handed over
+        self._handed = 0  # output frames handed over
+        self._reader: FrameReader | None = None  # the second decoder, opened when needed
+
+    @property
+    def plan(self):
+        return self.builder.plan
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next(self):
+        """The next span, window or None (the end), in output order; raises the analysis's error."""
+        return take(self._queue, self._thread, self.job.cancel, "face analysis", stop=self._stop)
+
+    def close(self) -> None:
+        """Stop the thread; wait a moment for it to close its decoders (a thread stuck in a
+        library call is left to end on its own: the job does not wait for it)."""
+        self._stop.set()
+        self._thread.join(timeout=0.4)
+
+    # ---- the thread -------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            recent: deque[np.ndarray] = deque(maxlen=MAX_GAP + 1)  # the last frames: a resumed track's missed ones are cropped late
+            frames = read_frames(self.job.video_path, self.job.fps, info=self.job.info, max_seconds=self.max_seconds)
+            with closing(frames):
+                for frame in frames:
+                    if self._stop.is_set():
+                        return
+                    recent.append(frame)
+                    for track_id, source, affine in self.builder.add(self.detector.detect(frame)):
+                        if source < self._handed + self._kept_frames:
+                            self._kept[track_id, source] = self._crop(recent[source - self.builder.frames + len(recent)], affine, source)
+                    self.frames_analysed += 1
+                    if not self._hand_over_planned():
+                        return
+            self.builder.finish()
+            self.seconds = time.perf_counter() - started
+            if self._hand_over_planned():
+                hand_over(self._queue, None, self._stop)
+        except BaseException as error:  # raised where the worker takes the next item
+            hand_over(self._queue, error, self._stop)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+
+    def _hand_over_planned(self) -> bool:
+        """Hand over what the plan has decided since last time; False once the job stopped."""
+        self._kept = {key: crop for key, crop in self._kept.items() if key[1] >= self._handed and self.builder.is_live(key[0])}
+        spans = self.plan.spans
+        while self._spans_handed < len(spans):
+            span = spans[self._spans_handed]
+            if span.action is Action.GENERATED and not self._hand_over_windows(span, whole=True):
+                return False
+            if not hand_over(self._queue, span, self._stop):
+                return False
+            self._spans_handed += 1
+            self._handed = span.end
+        open_span = self.builder.spans.open_span
+        return open_span is None or self._hand_over_windows(open_span, whole=False)
+
+    def _hand_over_windows(self, span: Span, whole: bool) -> bool:
+        """The windows of `span` not handed over yet: all of them if it is `whole`, else the full
+        windows among the frames known to belong to it."""
+        if self._window is None or self._window[0] != span.start:
+            self._window = (span.start, span.start)
+        start = self._window[1]
+        while start < span.end and (whole or start + FRAMES_PER_WINDOW <= span.end):
+            frames = range(start, min(start + FRAMES_PER_WINDOW, span.end))
+            if not hand_over(self._queue, Window(span.start, frames, np.stack([self._crop_of(k) for k in frames])), self._stop):
+                return False
+            start = self._handed = frames.stop
+            self._window = (span.start, start)
+        return True
+
+    def _crop_of(self, frame: int) -> np.ndarray:
+        """The speaker's crop on output `frame`: kept since its frame was decoded, or decoded again."""
+        source = self.plan.source_frames[frame]
+        track, _ = self.builder.speaker.speaker_at(source)
+        crop = self._kept.pop((track.id, source), None)
+        if crop is None:
+            if self._reader is None:
+                self._reader = FrameReader(self.job.video_path, self.job.fps, info=self.job.info)
+            crop = self._crop(self._reader[source], self.plan.affines[source], source)
+        return crop
+
+    def _crop(self, frame: np.ndarray, affine: np.ndarray, source: int) -> np.ndarray:
+        try:
+            return self.aligner.model_input(frame, affine)
+        except Exception as error:
+            raise AlignmentError(f"Aligning the faces for the model failed at {source / self.job.fps:.2f} s of the video: "
+                                 f"{type(error).__name__}: {error}") from error
