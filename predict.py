@@ -4,16 +4,12 @@
     cog predict -i video=@talk.mp4 -i audio=@dub.wav
 """
 
-import asyncio
-import contextlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path as LocalPath
-from typing import Any, Iterator
+from typing import Any
 
 from cog import BaseRunner, Input, Path
 
@@ -21,7 +17,7 @@ from latentsync.config import DEFAULT_VERSION, SERVICE_INPUTS
 from latentsync.logs import configure_logging
 from latentsync.options import options_from_inputs
 from latentsync.progress import ProgressLog
-from latentsync.serving import ModelVersions
+from latentsync.serving import ModelVersions, OutputFolders, in_thread
 from latentsync.validation import check_inputs
 
 OUTPUT_MAX_AGE_S = 3600  # finished outputs are removed after this; Cog uploads them right after run()
@@ -87,65 +83,3 @@ class Predictor(BaseRunner):
         if return_report:
             return {"video": Path(result.output_path), "report": report}
         return Path(result.output_path)
-
-
-async def in_thread(function, *args, **kwargs):
-    """`function(*args, **kwargs)` in a thread. When Cog cancels the prediction (CancelledError at
-    this await) the `cancel` event among `kwargs`, if any, is set, so the work stops within a
-    window (with its ffmpeg processes), and the thread is waited for. Cog reports the prediction
-    cancelled at once and may start the next one: the event is what stops this one."""
-    job = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
-    try:
-        return await asyncio.shield(job)
-    except asyncio.CancelledError:
-        if kwargs.get("cancel") is not None:
-            kwargs["cancel"].set()
-        await asyncio.wait([job])
-        if not job.cancelled():
-            job.exception()  # JobCancelled, or whatever ended it: expected, not an unhandled error
-        raise
-
-
-class OutputFolders:
-    """One folder per prediction under `root`.
-
-    Cog uploads a prediction's output after run() returns, so a finished folder is kept for
-    `max_age_s` counted from when it finished. Folders of predictions still running are never
-    removed, however old, and a folder another prediction's cleanup removed first is skipped.
-    """
-
-    def __init__(self, root: LocalPath, max_age_s: float):
-        self.root, self.max_age_s = root, max_age_s
-        self._running: set[LocalPath] = set()
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def new(self) -> Iterator[LocalPath]:
-        """A folder for one prediction: removed when the prediction fails or is cancelled."""
-        folder = LocalPath(tempfile.mkdtemp(dir=self.root))
-        with self._lock:
-            self._running.add(folder)
-        try:
-            yield folder
-            os.utime(folder)  # finished now: its age counts from here
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        finally:
-            with self._lock:
-                self._running.discard(folder)
-
-    def remove_old(self) -> None:
-        """Remove finished folders older than `max_age_s`."""
-        now = time.time()
-        with self._lock:
-            running = set(self._running)
-        for folder in self.root.iterdir():
-            if folder in running:
-                continue
-            try:
-                age = now - folder.stat().st_mtime
-            except FileNotFoundError:  # another prediction's cleanup got there first
-                continue
-            if age > self.max_age_s:
-                shutil.rmtree(folder, ignore_errors=True)

@@ -179,7 +179,7 @@ def test_cog_yaml_downloads_nothing_unverified_and_hides_no_failure():
             assert re.search(rf"[0-9a-f]{{64}}\s+{re.escape(fetched)}'?\s*\|\s*sha256sum -c", command), f"{fetched} is not checked against a pinned sha256: {command}"
 
 
-# ---- output folders (predict.OutputFolders) -------------------------------------------------
+# ---- output folders (latentsync.serving.OutputFolders) -------------------------------------------------
 
 
 def aged(folder, seconds: float) -> None:
@@ -188,7 +188,7 @@ def aged(folder, seconds: float) -> None:
 
 
 def test_a_running_predictions_folder_is_never_removed_however_old(tmp_path):
-    from predict import OutputFolders
+    from latentsync.serving import OutputFolders
 
     outputs = OutputFolders(tmp_path, max_age_s=3600)
     with outputs.new() as running:
@@ -204,7 +204,7 @@ def test_a_running_predictions_folder_is_never_removed_however_old(tmp_path):
 
 
 def test_a_failed_prediction_leaves_no_folder(tmp_path):
-    from predict import OutputFolders
+    from latentsync.serving import OutputFolders
 
     outputs = OutputFolders(tmp_path, max_age_s=3600)
     with pytest.raises(RuntimeError):
@@ -215,7 +215,7 @@ def test_a_failed_prediction_leaves_no_folder(tmp_path):
 
 
 def test_cleaners_racing_each_other_never_fail(tmp_path):
-    from predict import OutputFolders
+    from latentsync.serving import OutputFolders
 
     outputs = OutputFolders(tmp_path, max_age_s=3600)
     errors = []

@@ -7,7 +7,6 @@ complete, so a failed or cancelled job leaves nothing behind.
 """
 
 import json
-import shutil
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from ..client.params import validate
 from ..config import APP_RESULT_MAX_AGE_S
 from ..options import LipsyncOptions, options_from_inputs
 from ..progress import ProgressCallback
-from ..serving import ModelVersions
+from ..serving import ModelVersions, OutputFolders
 from ..timeline import save_timeline
 from ..validation import check_inputs
 
@@ -57,6 +56,7 @@ class Jobs:
         self.results_dir = Path(data_dir) / "results"
         self.work_dir = Path(data_dir) / "work"
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._results = OutputFolders(self.results_dir, APP_RESULT_MAX_AGE_S)
         self._by_browser: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
@@ -77,12 +77,10 @@ class Jobs:
         """Check and lip-sync `video` to `audio` with the service `inputs`; the result is listed
         for `browser` (an id the page keeps in the browser), if given."""
         options, version = self.check(video, audio, inputs)
-        self._remove_old_results()
+        self._results.remove_old()
         video, audio = Path(video), Path(audio)
         job_id = uuid.uuid4().hex[:12]
-        work = self.results_dir / f".{job_id}.partial"
-        work.mkdir()
-        try:
+        with self._results.new(job_id) as work:
             pipeline = self.models.get(version)
             output = work / f"{video.stem}_lipsync.mp4"
             result = pipeline(video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir, progress=progress, cancel=cancel)
@@ -92,10 +90,6 @@ class Jobs:
             place(video, source)
             record = {"id": job_id, "title": f"{video.name} + {audio.name}", "created": time.time(), "video": output.name, "source": source.name}
             (work / JOB_FILE).write_text(json.dumps(record))
-            work.rename(self.results_dir / job_id)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         if browser:
             with self._lock:
                 self._by_browser.setdefault(browser, []).append(job_id)
@@ -117,9 +111,4 @@ class Jobs:
         with self._lock:
             ids = list(self._by_browser.get(browser, []))
         return [result for result in map(self.result, reversed(ids)) if result is not None]
-
-    def _remove_old_results(self) -> None:
-        for folder in self.results_dir.iterdir():
-            if time.time() - folder.stat().st_mtime > APP_RESULT_MAX_AGE_S:
-                shutil.rmtree(folder, ignore_errors=True)
 

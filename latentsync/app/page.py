@@ -10,8 +10,6 @@ The Run button's event is also the programmatic endpoint, named `lipsync`:
         handle_file("talk.mp4"), handle_file("dub.wav"), guidance_scale=2.0, api_name="/lipsync")
 """
 
-import asyncio
-import contextlib
 import threading
 import uuid
 
@@ -19,6 +17,7 @@ import gradio as gr
 
 from ..config import PRESETS, SERVICE_INPUTS, InputSpec
 from ..progress import Progress, windows_denoised
+from ..serving import in_thread
 from ..weights import WeightsError
 from ..windows import AlignmentError, ModelError
 from .jobs import JobResult, Jobs
@@ -106,14 +105,8 @@ class LipsyncPage:
         cancel = threading.Event()
         browser = self._browsers.get(request.session_hash) if request and request.session_hash else None
         progress(0, desc="Reading the audio")
-        work = asyncio.ensure_future(asyncio.to_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), cancel, browser))
-        try:
-            result = await asyncio.shield(work)
-        except asyncio.CancelledError:  # Stop, or the client cancelled: the pipeline ends within about a window
-            cancel.set()
-            with contextlib.suppress(Exception):
-                await work
-            raise
+        try:  # Stop, or the client cancelling, sets `cancel`: the pipeline ends within about a window
+            result = await in_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), cancel=cancel, browser=browser)
         except USER_ERRORS as error:
             raise gr.Error(str(error), print_exception=False) from None
         return result.video, result.report, result.timeline
@@ -148,16 +141,20 @@ class LipsyncPage:
 
 
 class PageProgress:
-    """The page's progress bar, fed by the pipeline's progress callback: frames analysed, then
-    frames written with the windows denoised so far (the two advance together)."""
+    """The page's progress bar, fed by the pipeline's progress callback: frames analysed until the
+    first frame is written (the analysis goes on ahead of the writing), then frames written with
+    the windows denoised so far (the two advance together)."""
 
     def __init__(self, bar: gr.Progress):
         self.bar = bar
         self.windows: Progress | None = None
+        self.writing = False
 
     def __call__(self, progress: Progress) -> None:
+        self.writing |= progress.stage == "write"
         if progress.stage == "analyse":
-            self.bar((progress.done, progress.total), desc="Finding faces", unit="frames")
+            if not self.writing:
+                self.bar((progress.done, progress.total), desc="Finding faces", unit="frames")
         elif progress.stage == "denoise":
             self.windows = progress
         else:
