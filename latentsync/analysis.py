@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 
 import numpy as np
@@ -46,7 +47,8 @@ class Analysis:
         self._queue: queue.Queue = queue.Queue(maxsize=windows_ahead)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="analysis")
-        self._kept: dict[tuple[int, int], np.ndarray] = {}  # (track id, source frame) -> crop
+        self._kept: dict[tuple[int, int], Future] = {}  # (track id, source frame) -> its crop, made on `_cropping`
+        self._cropping = ThreadPoolExecutor(1, thread_name_prefix="crop")  # beside the next frame's detection
         self._kept_frames = math.ceil(CROPS_KEPT_S * job.fps)
         self._spans_handed = 0  # final spans handed over
         self._window: tuple[int, int] | None = None  # (span start, next window start) of the regenerated span being handed over
@@ -84,7 +86,8 @@ class Analysis:
                     recent.append(frame)
                     for track_id, source, affine in self.builder.add(self.detector.detect(frame)):
                         if source < self._handed + self._kept_frames:
-                            self._kept[track_id, source] = self._crop(recent[source - self.builder.frames + len(recent)], affine, source)
+                            frame_then = recent[source - self.builder.frames + len(recent)]
+                            self._kept[track_id, source] = self._cropping.submit(self._crop, frame_then, affine, source)
                     self.frames_analysed += 1
                     if not self._hand_over_planned():
                         return
@@ -95,6 +98,7 @@ class Analysis:
         except BaseException as error:  # raised where the worker takes the next item
             hand_over(self._queue, error, self._stop)
         finally:
+            self._cropping.shutdown(wait=False, cancel_futures=True)
             if self._reader is not None:
                 self._reader.close()
 
@@ -131,12 +135,12 @@ class Analysis:
         """The speaker's crop on output `frame`: kept since its frame was decoded, or decoded again."""
         source = self.plan.source_frames[frame]
         track, _ = self.builder.speaker.speaker_at(source)
-        crop = self._kept.pop((track.id, source), None)
-        if crop is None:
-            if self._reader is None:
-                self._reader = FrameReader(self.job.video_path, self.job.fps, info=self.job.info)
-            crop = self._crop(self._reader[source], self.plan.affines[source], source)
-        return crop
+        kept = self._kept.pop((track.id, source), None)
+        if kept is not None:
+            return kept.result()
+        if self._reader is None:
+            self._reader = FrameReader(self.job.video_path, self.job.fps, info=self.job.info)
+        return self._crop(self._reader[source], self.plan.affines[source], source)
 
     def _crop(self, frame: np.ndarray, affine: np.ndarray, source: int) -> np.ndarray:
         try:

@@ -219,10 +219,12 @@ def instrumented_pipeline(resolution: int, rate: float, clock: StageClock):
         pass
     gpu = SimulatedGPU(rate)
     pipeline = LipsyncPipeline.from_files(files, device="cpu", face_detector="mediapipe", denoiser=gpu)
-    warm_up(pipeline.models.face_detector)
-    pipeline.face_detector.detect = clock.wrap("detection", pipeline.face_detector.detect)
+    detector = getattr(pipeline, "models", pipeline).face_detector  # the code before issue 19 kept its parts on the pipeline
+    warm_up(detector)
+    detector.detect = clock.wrap("detection", detector.detect)
     FaceAligner.model_input = clock.wrap("alignment", FaceAligner.model_input)
-    FaceAligner.restore = clock.wrap("paste_back", FaceAligner.restore)
+    pasting = "paste" if hasattr(FaceAligner, "paste") else "restore"  # what the writer calls, after and before issue 19
+    setattr(FaceAligner, pasting, clock.wrap("paste_back", getattr(FaceAligner, pasting)))
     AudioEncoder.features = clock.wrap("audio", AudioEncoder.features)
     AudioEncoder.encode_window = clock.wrap("audio", AudioEncoder.encode_window)  # Whisper runs lazily, as windows need it
     ffmpeg.Process.read = clock.wrap("decode", ffmpeg.Process.read)
@@ -241,6 +243,7 @@ def output_md5(path: Path) -> str:
 
 def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 1, at_once: bool = False) -> dict:
     """Run `jobs` jobs (at once in threads, or back to back) and return the figures."""
+    import latentsync
     from latentsync.options import LipsyncOptions
 
     clock = StageClock()
@@ -296,6 +299,7 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
         "cpu_s_per_output_s_total": round(sum(stages.values()) / output_seconds, 3),
         "report_timings": reports[0].timings,
         "output_md5": md5,
+        "library": str(Path(latentsync.__file__).parent),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -307,10 +311,9 @@ def measure_in_subprocess(args, rate: float, library: Path | None = None, jobs: 
     """One measurement in a fresh process; `library`: a folder holding another `latentsync` to measure."""
     command = [sys.executable, "-m", "scripts.benchmark_simulated_gpu", "--one", str(rate), "--resolution", str(args.resolution),
                "--video", str(args.video), "--audio", str(args.audio), "--jobs", str(jobs)] + (["--at-once"] if at_once else [])
-    environment = dict(os.environ)
     if library is not None:
-        environment["PYTHONPATH"] = os.pathsep.join([str(library), str(REPO_ROOT)])
-    result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
+        command += ["--library", str(library)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the measurement at rate {rate} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -345,6 +348,9 @@ def table(rows: list[dict], label: str = "") -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--library" in argv:  # another commit's latentsync, ahead of this one's
+        sys.path.insert(0, argv[argv.index("--library") + 1])
     from latentsync.config import shared_dir
 
     assets = shared_dir() / "assets"
@@ -360,6 +366,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--at-once", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--library", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(measure(args.video, args.audio, args.one, args.resolution, args.jobs, args.at_once)))

@@ -161,6 +161,7 @@ def test_cog_yaml_is_well_formed():
     config = yaml.safe_load((REPO_ROOT / "cog.yaml").read_text())
     build = config["build"]
     assert config["predict"] == "predict.py:Predictor"
+    assert config["concurrency"]["max"] == 2  # the next job's analysis beside this one's U-Net (README, Benchmarks)
     assert build["gpu"] is True and build["python_version"] == "3.11" and build["cuda"] == "13.0"
     assert {"ffmpeg", "libgl1"} <= set(build["system_packages"])
     assert (REPO_ROOT / build["python_requirements"]).exists()
