@@ -4,10 +4,12 @@ model will regenerate are cropped, so denoising starts on the first windows whil
 video is still being analysed.
 
 A crop is made while its frame is decoded, for every face that may turn out to be the speaker's on
-a frame that may be regenerated, and kept until the plan decides (until the speaker is chosen in
-the first seconds with faces; a few frames otherwise). The few crops the plan needs and did not
-keep (a decision that took longer than `CROPS_KEPT_S`), and those of the frames the bounce and
-loop modes show again and of the remap mode, come from a second decoder.
+a frame that may be regenerated, and kept until the plan decides: until the speaker is chosen in
+the first seconds with faces, until a regenerated run of more than 5 s ends (where it is cut in
+two depends on its length), a few frames otherwise. The crops the plan needs and did not keep (a
+decision that took longer than `CROPS_KEPT_S`: a speaker point on a late frame, a run of more
+than 10 s), and those of the frames the bounce and loop modes show again and of the remap mode,
+come from a second decoder.
 
 The denoising worker takes, in output order (`next`): each final span (a regenerated one after
 its windows), each window of a regenerated span with its crops, and None at the end. An error of
@@ -33,7 +35,7 @@ from .media.ffmpeg import MediaError
 from .planner import Action, PlanBuilder, Span
 from .windows import AlignmentError, Window, hand_over, take
 
-CROPS_KEPT_S = 3.0  # crops are kept this far ahead of the frames handed over, then decoded again if needed
+CROPS_KEPT_S = 6.0  # crops are kept this far ahead of the frames handed over (past the first half of a 10 s run)
 
 
 class Analysis:

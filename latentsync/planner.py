@@ -23,7 +23,6 @@ from .options import LipsyncOptions
 
 MIN_GENERATED_FRAMES = 4  # shorter regenerated runs between original ones flicker more than they help
 MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regenerated) in pieces of 10 s at 25 fps
-MIN_LAST_PIECE_FRAMES = 25  # ... but a last piece shorter than 1 s at 25 fps stays with the one before
 BLEND_FRAMES = 3  # regenerated and original frames meet in a fade over this many frames
 
 
@@ -132,11 +131,14 @@ class SpanBuilder:
     1. runs of one action; regenerated runs also end where a window must not continue (a cut);
     2. a regenerated run shorter than `MIN_GENERATED_FRAMES` passes through (unless it is the whole
        video), merged with pass-through neighbours;
-    3. a regenerated run longer than `MAX_SPAN_FRAMES` is cut every `MAX_SPAN_FRAMES` frames from
-       its start; a last piece shorter than `MIN_LAST_PIECE_FRAMES` stays with the one before.
+    3. a regenerated run longer than `MAX_SPAN_FRAMES` is cut into the fewest equal pieces within
+       that length; a run longer than twice that first loses pieces of `MAX_SPAN_FRAMES` from its
+       start while more than twice that remains (so a cut is never decided more than
+       2 x `MAX_SPAN_FRAMES` frames ahead).
 
     `spans` holds the final spans in order; `open_span` the frames known to belong to the
-    regenerated span being built, so its windows can be denoised before it ends.
+    regenerated span being built (its first piece: up to half its length while it may be halved),
+    so its windows can be denoised before it ends.
     """
 
     def __init__(self, detector: str | None = None):
@@ -165,7 +167,7 @@ class SpanBuilder:
         if action is Action.GENERATED:
             if len(run) == MIN_GENERATED_FRAMES:
                 self._flush()  # this run is regenerated for good
-            if len(run) == MAX_SPAN_FRAMES + MIN_LAST_PIECE_FRAMES:  # the run goes on past a whole last piece: cut
+            if len(run) > 2 * MAX_SPAN_FRAMES:  # more than two pieces remain: the first is a whole one
                 self.spans.append(Span(run.start, run.start + MAX_SPAN_FRAMES, Action.GENERATED))
                 run.start += MAX_SPAN_FRAMES
 
@@ -184,7 +186,9 @@ class SpanBuilder:
         run = self._run
         if run is None or run.action is not Action.GENERATED or len(run) < MIN_GENERATED_FRAMES:
             return None
-        return Span(run.start, min(run.end, run.start + MAX_SPAN_FRAMES), Action.GENERATED)
+        # Its first piece ends where the run does, or halfway along a run of up to 2 x MAX_SPAN_FRAMES frames.
+        known = min(len(run), _first_piece(MAX_SPAN_FRAMES + 1)) if len(run) <= MAX_SPAN_FRAMES else _first_piece(len(run))
+        return Span(run.start, run.start + known, Action.GENERATED)
 
     def _close(self, run: Span, last: bool = False) -> None:
         action = run.action
@@ -192,7 +196,9 @@ class SpanBuilder:
             whole_video = last and not self.spans and self._pending is None
             if len(run) >= MIN_GENERATED_FRAMES or whole_video:
                 self._flush()
-                self.spans.append(run)
+                pieces = math.ceil(len(run) / MAX_SPAN_FRAMES)
+                edges = [run.start + round(k * len(run) / pieces) for k in range(pieces + 1)]
+                self.spans += [Span(a, b, Action.GENERATED) for a, b in zip(edges, edges[1:])]
                 return
             action = Action.PASSTHROUGH
         details = {"detector": self.detector} if action is Action.SILENCE and self.detector and self._run_silent else {}
@@ -206,6 +212,11 @@ class SpanBuilder:
         if self._pending is not None:
             self.spans.append(self._pending)
             self._pending = None
+
+
+def _first_piece(length: int) -> int:
+    """The length of the first piece of a regenerated run of `length` frames, up to 2 x MAX_SPAN_FRAMES."""
+    return round(length / math.ceil(length / MAX_SPAN_FRAMES))
 
 
 # ---- the whole plan --------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class Renderer:
         self._worker = threading.Thread(target=self._generate, daemon=True, name="denoise")
         self._frames_to_analyse = frames_covering(job.info.duration, job.fps)
         self._analysed_notified = 0
+        # the output's length as the probe's video length makes it, until the plan is complete
+        self._expected_frames = len(plan_timeline(max(1, self._frames_to_analyse), analysis.builder.audio_frames, job.options.length_mode))
 
     def run(self, output_path) -> RenderResult:
         """Write the lip-synced video to `output_path` (it appears only when complete)."""
@@ -141,10 +143,8 @@ class Renderer:
         self._analysed_notified = analysed
 
     def _output_frames(self) -> int:
-        """The output's frames: as planned once the plan is complete, until then as the probe's length makes them."""
-        if self.analysis.builder.complete:
-            return len(self.plan.source_frames)
-        return len(plan_timeline(max(1, self._frames_to_analyse), self.analysis.builder.audio_frames, self.job.options.length_mode))
+        """The output's frames: as planned once the plan is complete, until then as expected."""
+        return len(self.plan.source_frames) if self.analysis.builder.complete else self._expected_frames
 
     # ---- the worker thread: denoise ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ components are wrapped from outside. Each measurement runs in a process of its o
     python -m scripts.benchmark_simulated_gpu --resolution 256        # 1.5
     python -m scripts.benchmark_simulated_gpu --compare 843867a       # that commit's code and this one, back to back
     python -m scripts.benchmark_simulated_gpu --concurrency 2         # two jobs at once against back to back
+    python -m scripts.benchmark_simulated_gpu --seconds 60 --rates 3  # the clip looped to 60 s
     python -m scripts.benchmark --sections simulated-gpu              # both versions, into bench/benchmark.json
 
 Figures from a machine other people use are upper bounds; the load average is printed with each.
@@ -319,8 +320,16 @@ def measure_in_subprocess(args, rate: float, library: Path | None = None, jobs: 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def looped(path: Path, seconds: float, folder: Path) -> Path:
+    """`path` played over and over to `seconds` (streams copied)."""
+    out = folder / f"{path.stem}_{seconds:g}s{path.suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(path), "-t", str(seconds), "-c", "copy", str(out)], check=True)
+    return out
+
+
 def code_of(commit: str, folder: Path) -> Path:
     """The library (latentsync/ and configs/) as of `commit`, extracted into `folder`."""
+    folder.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "latentsync", "configs"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
@@ -359,6 +368,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=512, help="the version's face size: 512 (1.6) or 256 (1.5)")
     parser.add_argument("--video", type=Path, default=assets / "demo1_video.mp4")
     parser.add_argument("--audio", type=Path, default=assets / "demo1_audio.wav")
+    parser.add_argument("--seconds", type=float, default=None, help="loop the clip (video and audio) to this length")
     parser.add_argument("--repeats", type=int, default=1, help="runs per figure; the table shows the median run (by wall time)")
     parser.add_argument("--compare", metavar="COMMIT", help="also measure the library as of COMMIT, alternating with this code")
     parser.add_argument("--concurrency", type=int, default=0, help="measure N jobs at once against N back to back")
@@ -377,7 +387,10 @@ def main(argv=None) -> int:
 
     results = {"resolution": args.resolution, "video": args.video.name, "audio": args.audio.name, "cpu_threads": os.cpu_count()}
     with tempfile.TemporaryDirectory() as folder:
-        before = code_of(args.compare, Path(folder)) if args.compare else None
+        if args.seconds:
+            args.video, args.audio = looped(args.video, args.seconds, Path(folder)), looped(args.audio, args.seconds, Path(folder))
+            results["seconds"] = args.seconds
+        before = code_of(args.compare, Path(folder) / "library") if args.compare else None
         rows = []
         for rate in args.rates:
             runs = {"this code": []} if before is None else {args.compare: [], "this code": []}

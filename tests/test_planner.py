@@ -11,7 +11,6 @@ from latentsync.face.track import build_tracks, choose_speaker, iou
 from latentsync.options import LipsyncOptions
 from latentsync.planner import (
     MAX_SPAN_FRAMES,
-    MIN_LAST_PIECE_FRAMES,
     Action,
     LengthMode,
     NoFaceError,
@@ -240,13 +239,13 @@ def test_pauses_are_silence_unless_silence_is_regenerated_too():
     assert actions(plan(frames, pauses=[(0.8, 1.2)], skip_silence=False)) == [(0, 50, G)]
 
 
-def test_long_generated_runs_are_cut_every_250_frames_from_their_start():
-    result = plan([[detection()] for _ in range(600)])
-    assert [(s.start, s.end) for s in result.spans] == [(0, 250), (250, 500), (500, 600)]
-    # a last piece under a second stays with the one before, so no span is shorter than that
-    assert [(s.start, s.end) for s in plan([[detection()] for _ in range(520)]).spans] == [(0, 250), (250, 520)]
-    assert [(s.start, s.end) for s in plan([[detection()] for _ in range(525)]).spans] == [(0, 250), (250, 500), (500, 525)]
-    assert MIN_LAST_PIECE_FRAMES == 25 and MAX_SPAN_FRAMES == 250
+def test_long_generated_runs_are_cut_into_equal_pieces_within_the_limit():
+    pieces = lambda frames: [(s.start, s.end) for s in plan([[detection()] for _ in range(frames)]).spans]  # noqa: E731
+    assert pieces(250) == [(0, 250)] and pieces(406) == [(0, 203), (203, 406)] and pieces(500) == [(0, 250), (250, 500)]
+    # longer than twice the limit: pieces of the limit from the start while more than twice remains
+    assert pieces(600) == [(0, 250), (250, 425), (425, 600)]
+    assert pieces(1100) == [(0, 250), (250, 500), (500, 750), (750, 925), (925, 1100)]
+    assert MAX_SPAN_FRAMES == 250
 
 
 def test_loop_restarts_cut_windows_but_remap_steps_do_not():

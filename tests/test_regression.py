@@ -5,8 +5,9 @@ frames and the same report from the same seed, on both demo clips with default o
 cut-away, two faces, a speaker point and the length modes.
 
 The two rules that streaming changed (the automatic speaker is chosen from the first seconds with
-faces; runs over 10 s are cut every 10 s instead of into equal pieces) decide the same on these
-clips; tests/test_planner.py has cases where they do not."""
+faces; runs over 20 s lose 10 s pieces from their start before the rest is cut into equal pieces)
+decide the same on these clips (demo2's speech has a 16 s run, cut in two halves as before);
+tests/test_planner.py has cases where they do not."""
 
 import itertools
 import json
