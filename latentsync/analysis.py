@@ -13,7 +13,8 @@ come from a second decoder.
 
 The denoising worker takes, in output order (`next`): each final span (a regenerated one after
 its windows), each window of a regenerated span with its crops, and None at the end. An error of
-the analysis is raised there instead; the hand-over waits while `windows_ahead` items are waiting.
+the analysis is raised there instead. While `windows_ahead` items wait for the worker, the
+analysis reads on, up to `CROPS_KEPT_S` ahead of what it handed over.
 """
 
 import math
@@ -55,6 +56,7 @@ class Analysis:
         self._spans_handed = 0  # final spans handed over
         self._window: tuple[int, int] | None = None  # (span start, next window start) of the regenerated span being handed over
         self._handed = 0  # output frames handed over
+        self._waiting = None  # the next item to hand over, made but not taken yet
         self._reader: FrameReader | None = None  # the second decoder, opened when needed
 
     @property
@@ -91,11 +93,12 @@ class Analysis:
                             frame_then = recent[source - self.builder.frames + len(recent)]
                             self._kept[track_id, source] = self._cropping.submit(self._crop, frame_then, affine, source)
                     self.frames_analysed += 1
-                    if not self._hand_over_planned():
+                    # Read on while the worker is busy, as far as crops are kept: then wait for it.
+                    if not self._hand_over_planned(wait=self.builder.frames - self._handed >= self._kept_frames):
                         return
             self.builder.finish()
             self.seconds = time.perf_counter() - started
-            if self._hand_over_planned():
+            if self._hand_over_planned(wait=True):
                 hand_over(self._queue, None, self._stop)
         except BaseException as error:  # raised where the worker takes the next item
             hand_over(self._queue, error, self._stop)
@@ -104,34 +107,49 @@ class Analysis:
             if self._reader is not None:
                 self._reader.close()
 
-    def _hand_over_planned(self) -> bool:
-        """Hand over what the plan has decided since last time; False once the job stopped."""
+    def _hand_over_planned(self, wait: bool) -> bool:
+        """Hand over what the plan has decided since last time, as much as the queue takes without
+        waiting, or all of it when `wait`; False once the job stopped."""
         self._kept = {key: crop for key, crop in self._kept.items() if key[1] >= self._handed and self.builder.is_live(key[0])}
+        while True:
+            if self._waiting is None:
+                self._waiting = self._next_planned()
+                if self._waiting is None:
+                    return True
+            if wait:
+                if not hand_over(self._queue, self._waiting, self._stop):
+                    return False
+            else:
+                try:
+                    self._queue.put_nowait(self._waiting)
+                except queue.Full:
+                    return not self._stop.is_set()
+            self._waiting = None
+
+    def _next_planned(self):
+        """The next span or window the plan has decided, in output order; None if there is none yet."""
         spans = self.plan.spans
-        while self._spans_handed < len(spans):
+        if self._spans_handed < len(spans):
             span = spans[self._spans_handed]
-            if span.action is Action.GENERATED and not self._hand_over_windows(span, whole=True):
-                return False
-            if not hand_over(self._queue, span, self._stop):
-                return False
+            if span.action is Action.GENERATED and (window := self._next_window(span, whole=True)) is not None:
+                return window
             self._spans_handed += 1
             self._handed = span.end
+            return span
         open_span = self.builder.spans.open_span
-        return open_span is None or self._hand_over_windows(open_span, whole=False)
+        return None if open_span is None else self._next_window(open_span, whole=False)
 
-    def _hand_over_windows(self, span: Span, whole: bool) -> bool:
-        """The windows of `span` not handed over yet: all of them if it is `whole`, else the full
-        windows among the frames known to belong to it."""
+    def _next_window(self, span: Span, whole: bool) -> Window | None:
+        """The next window of `span`: up to its end if it is `whole`, else a full window among the
+        frames known to belong to it; None if there is none."""
         if self._window is None or self._window[0] != span.start:
             self._window = (span.start, span.start)
         start = self._window[1]
-        while start < span.end and (whole or start + FRAMES_PER_WINDOW <= span.end):
-            frames = range(start, min(start + FRAMES_PER_WINDOW, span.end))
-            if not hand_over(self._queue, Window(span.start, frames, np.stack([self._crop_of(k) for k in frames])), self._stop):
-                return False
-            start = self._handed = frames.stop
-            self._window = (span.start, start)
-        return True
+        if start >= span.end or (not whole and start + FRAMES_PER_WINDOW > span.end):
+            return None
+        frames = range(start, min(start + FRAMES_PER_WINDOW, span.end))
+        self._window, self._handed = (span.start, frames.stop), frames.stop
+        return Window(span.start, frames, np.stack([self._crop_of(k) for k in frames]))
 
     def _crop_of(self, frame: int) -> np.ndarray:
         """The speaker's crop on output `frame`: kept since its frame was decoded, or decoded again."""
