@@ -24,7 +24,7 @@ from latentsync.audio import (
     voice_activity,
 )
 from latentsync.config import AUDIO_SAMPLE_RATE as SR
-from latentsync.planner import Action, Span, label_pauses
+from latentsync.planner import Action, SpanBuilder
 from scripts import inference
 from tests.media import frames, psnr, small_clip, tiny_files
 from tests.test_audio import demo1, demo2  # noqa: F401 (fixtures: the demo speech as samples)
@@ -173,11 +173,16 @@ def test_pauses_name_their_detector(demo1):
 
 
 def test_only_silence_spans_holding_a_detected_pause_name_the_detector():
-    spans = [Span(0, 10, Action.GENERATED), Span(10, 20, Action.SILENCE), Span(20, 30, Action.GENERATED), Span(30, 40, Action.SILENCE)]
-    silent = np.arange(40) // 10 == 1  # frames 30-39 are silence past the audio's end, not a pause
-    labelled = label_pauses(spans, silent, "silero-vad 6.2.3")
-    assert [span.details for span in labelled] == [{}, {"detector": "silero-vad 6.2.3"}, {}, {}]
-    assert all(not span.details for span in label_pauses(spans[:1] + [Span(10, 20, Action.SILENCE)], silent, None))
+    actions = [Action.GENERATED, Action.SILENCE, Action.GENERATED, Action.SILENCE]
+
+    def details(detector):
+        builder = SpanBuilder(detector)
+        for frame in range(40):  # frames 30-39 are silence past the audio's end, not a pause
+            builder.push(actions[frame // 10], silent=frame // 10 == 1)
+        return [span.details for span in builder.finish()]
+
+    assert details("silero-vad 6.2.3") == [{}, {"detector": "silero-vad 6.2.3"}, {}, {}]
+    assert details(None) == [{}, {}, {}, {}]
 
 
 # ---- the detector on speech alone ------------------------------------------------------------------
