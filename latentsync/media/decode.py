@@ -76,7 +76,7 @@ class FrameReader:
     A request at or a little ahead of the decoder reads on (a frame asked for again is kept); a
     step back (the ping-pong of "bounce" mode) decodes the `chunk` frames up to it at once, so
     going backwards costs one decoder per `chunk` frames; any other jump starts a decoder at the
-    frame. Indices are exact wherever a decoder starts (see `read_frames`). Pass the video's `info`
+    frame (at the video's start when the frame is near it). Indices are exact wherever a decoder starts (see `read_frames`). Pass the video's `info`
     when it is known, so the file is not probed again; `close()` ends the decoder.
     """
 
@@ -96,9 +96,10 @@ class FrameReader:
                 self._read_on_to(index)
             elif index == self._last - 1:
                 self._read_chunk_up_to(index)
-            else:
+            else:  # a decoder from the start when the frame is near it (no seek), else at the frame
                 self.close()
-                self._stream, self._next = self._decode(index), index
+                start = 0 if index < self.read_on else index
+                self._stream, self._next = self._decode(start), start
                 self._read_on_to(index)
         self._last = index
         return self._held[index - self._held_start]
