@@ -42,6 +42,7 @@ DEFAULT_VERSION = "1.6"
 DEFAULT_INFERENCE_STEPS = 20
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_SEED = 1247
+SEED_MAX = 2**32 - 1  # the official seeds numpy too, which takes 0 .. 2**32 - 1; JSON and JavaScript carry it exactly
 DEFAULT_ENABLE_DEEPCACHE = True  # the service's default; the official CLI flag stays opt-in
 DEFAULT_CRF = 18
 
@@ -65,7 +66,7 @@ LOW_SYNC_ACTIONS = ("regenerate", "passthrough")
 SERVICE_INPUTS = {
     "guidance_scale": InputSpec(float, DEFAULT_GUIDANCE_SCALE, "How strongly the mouth follows the audio (classifier-free guidance).", 1.0, 3.0),
     "inference_steps": InputSpec(int, DEFAULT_INFERENCE_STEPS, "Denoising steps: more is slower and slightly sharper.", 20, 50),
-    "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report)."),
+    "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report).", -1, SEED_MAX),
     "version": InputSpec(str, DEFAULT_VERSION, "LatentSync model: 1.6 (512 px, sharper) or 1.5 (256 px, faster).", choices=("1.5", "1.6")),
     "enable_deepcache": InputSpec(bool, DEFAULT_ENABLE_DEEPCACHE, "Reuse deep U-Net features between steps: about 2x faster, nearly identical."),
     "length_mode": InputSpec(

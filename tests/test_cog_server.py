@@ -96,12 +96,40 @@ def test_the_report_option_returns_video_and_report(server, media):
     assert body["output"]["report"]["spans"]
 
 
-@pytest.mark.parametrize("bad", [{"guidance_scale": 5}, {"version": "2.0"}, {"inference_steps": 10}])
+@pytest.mark.parametrize("bad", [{"guidance_scale": 5}, {"version": "2.0"}, {"inference_steps": 10}, {"seed": 1e300}, {"seed": 2**32}, {"seed": -5}])
 def test_out_of_range_inputs_are_rejected_and_the_server_keeps_serving(server, media, bad):
     client, _, _ = server
     video, audio = media
     response = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), **bad)
     assert response.status_code == 422
+    [problem] = response.json()["detail"]  # one sentence on the one input, before the predictor runs
+    assert problem["loc"][-1] == next(iter(bad)) and "\n" not in problem["msg"]
+    assert client.get("/health-check").json()["status"] == "READY"
+
+
+def test_options_are_checked_before_the_files_are_read(server, media, tmp_path):
+    """A speaker point of NaNs passes Cog's schema (it is a string); the predictor refuses it
+    before it reads the files, so a broken video does not get to speak first."""
+    client, _, _ = server
+    _, audio = media
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    body = predict(client, video=data_uri(broken, "video/mp4"), audio=data_uri(audio, "audio/wav"), speaker_point="nan,nan").json()
+    assert body["status"] == "failed"
+    assert body["error"].endswith("speaker_point must be 'x,y' or 'x,y,frame' (pixels, frame number), got 'nan,nan'.")
+    assert client.get("/health-check").json()["status"] == "READY"
+
+
+@pytest.mark.parametrize("number", ['"guidance_scale": NaN', '"min_sync_confidence": NaN', '"seed": Infinity', '"seed": -Infinity'])
+def test_numbers_that_are_not_numbers_are_refused_before_the_predictor_runs(server, media, number):
+    """NaN and Infinity are not JSON, though Python's json writes and reads them."""
+    client, _, folder = server
+    video, audio = media
+    body = f'{{"input": {{"video": "{data_uri(video, "video/mp4")}", "audio": "{data_uri(audio, "audio/wav")}", {number}}}}}'
+    predictions = len(re.findall("Starting prediction", (folder / "server.log").read_text()))
+    response = client.post("/predictions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422) and number.split(":")[0].strip('"') in response.text
+    assert len(re.findall("Starting prediction", (folder / "server.log").read_text())) == predictions  # no prediction started
     assert client.get("/health-check").json()["status"] == "READY"
 
 
