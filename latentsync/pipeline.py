@@ -42,6 +42,7 @@ from .progress import ProgressCallback, notify, raise_if_cancelled
 from .render import Renderer
 from .report import JobReport, build_report, log_spans
 from .sync import SyncNetScorer
+from .weights import weights_identity
 
 
 @dataclass
@@ -70,16 +71,19 @@ class LipsyncPipeline:
             shallow steps; shapes settle after the first windows).
         max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
             headers declare (a service's limit); None takes any length.
+        model_identity: what else determines the output besides `version`, for result-cache keys
+            (`from_files` gives the weights' sha256, precision, device type and face detector).
     """
 
     def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
                  sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
                  denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False,
-                 max_duration_s: float | None = None):
+                 max_duration_s: float | None = None, model_identity: dict | None = None):
         self.unet, self.vae, self.scheduler, self.mask, self.resolution = unet, vae, scheduler, mask, resolution
         self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
         self.version, self.cache, self.denoiser, self.compile_unet = version, cache, denoiser, compile_unet
         self.max_duration_s = max_duration_s
+        self.model_identity = {**(model_identity or {}), "version": version}
         self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
         if compile_unet:
             unet.compile(fullgraph=True)
@@ -99,10 +103,14 @@ class LipsyncPipeline:
         dtype = model_dtype(device, precision)
         if sync_scorer is None and files.syncnet and Path(files.syncnet).exists():
             sync_scorer = SyncNetScorer(files.syncnet, device=device)
+        detector = create_detector(face_detector, model_root=files.insightface_root, device=str(device))  # "auto" may fall back
+        identity = {"precision": str(dtype), "device": device.type, "face_detector": type(detector).__name__}
+        if settings.get("cache") is not None:  # hashing hand-laid weights is worth it only for a cache
+            identity["weights"] = weights_identity(files)
         return cls(
             unet or load_unet(files, device, dtype), load_vae(files.vae_dir, device=device, dtype=dtype), load_scheduler(),
-            AudioEncoder(files.whisper, device=device), create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
-            load_training_mask(files.mask, files.resolution), files.resolution, sync_scorer=sync_scorer, version=files.version, **settings,
+            AudioEncoder(files.whisper, device=device), detector, load_training_mask(files.mask, files.resolution), files.resolution,
+            sync_scorer=sync_scorer, version=files.version, model_identity=identity, **settings,
         )
 
     def for_version(self, files, unet) -> "LipsyncPipeline":
@@ -112,6 +120,7 @@ class LipsyncPipeline:
             unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
             files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
             compile_unet=self.compile_unet, max_duration_s=self.max_duration_s,
+            model_identity={**self.model_identity, "weights": weights_identity(files)} if self.cache is not None else self.model_identity,
         )
 
     def warm_up(self) -> None:
@@ -146,7 +155,7 @@ class LipsyncPipeline:
         def produce(folder: Path) -> None:
             write_json_atomically(folder / "report.json", run(folder / "output.mp4").to_dict())
 
-        cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.version), produce)
+        cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.model_identity), produce)
         place(cached.dir / "output.mp4", output_path)
         report = JobReport.from_dict(json.loads((cached.dir / "report.json").read_text()))
         report.cache = "hit" if cached.hit else "miss"
