@@ -62,13 +62,14 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(video_path, audio_path, params: Mapping, model: Mapping | str) -> str:
+def cache_key(video_path, audio_path, params: Mapping, model: Mapping | str, scope: str = "") -> str:
     """sha256 over the video's and audio's bytes, the parameters, the model and the code version.
 
     Only the files' content counts, not their names. `params` must hold every setting that
     changes the output, as JSON-like values; numbers are compared by value, so 2 and 2.0 match.
     `model` is what was loaded: its version label and, from `LipsyncPipeline.from_files`, the
     weights' sha256, the precision, the device type and the face detector actually in use.
+    `scope` keeps callers apart (a web app's visitors): the same job in another scope misses.
     """
     payload = {
         "video": sha256_of(video_path),
@@ -76,6 +77,7 @@ def cache_key(video_path, audio_path, params: Mapping, model: Mapping | str) -> 
         "params": _canonical(params, "params"),
         "model": _canonical(model, "model"),
         "code": code_version(),
+        "scope": scope,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

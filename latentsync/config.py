@@ -111,8 +111,14 @@ MAX_FRAME_SIDE = 4096  # 4K (3840x2160 or 4096x2160), portrait or landscape
 
 APP_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 to serve the network
 APP_PORT = 7860  # Gradio's usual port
-DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/ and work/
+DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/, previews/ and work/
 APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
+APP_MAX_QUEUE = 20  # jobs waiting for the model; a visitor past this is told the queue is full
+APP_CHECKS_AT_ONCE = 4  # upload checks and speech previews (ffprobe, a short encode) run beside the model, this many at a time
+APP_FILES_PER_UPLOAD = 2  # files one upload request may carry: the video and the speech, of MAX_INPUT_BYTES each
+APP_BROWSERS_KEPT = 10_000  # browsers whose results are listed; the least recently seen is forgotten first
+APP_RESULTS_PER_BROWSER = 50  # a browser's newest results listed
+APP_URL_FETCH_S = 600.0  # the longest a URL input may take to download (it is also capped at MAX_INPUT_BYTES)
 
 # ---- environment variables -----------------------------------------------------------------------
 
@@ -147,6 +153,12 @@ def webhook_secret() -> str | None:
     """$LATENTSYNC_WEBHOOK_SECRET: the Replicate account's whsec_ secret for `serve-webhooks`
     (read from the environment, so it never shows in the process list)."""
     return os.environ.get("LATENTSYNC_WEBHOOK_SECRET") or None
+
+
+def app_auth() -> str | None:
+    """$LATENTSYNC_APP_AUTH: the web app's login, "user:password" (read from the environment, so it
+    never shows in the process list; --auth-file is the other way)."""
+    return os.environ.get("LATENTSYNC_APP_AUTH") or None
 
 
 def fleet_secret() -> str | None:

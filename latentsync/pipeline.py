@@ -133,29 +133,31 @@ class LipsyncPipeline:
                           num_inference_steps=DEEPCACHE_INTERVAL + 1, enable_deepcache=True, generator=torch.Generator().manual_seed(0))
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
-                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LipsyncResult:
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, cache_scope: str = "") -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
         Intermediate files live in a private folder under `temp_dir`, removed afterwards. With a
         result cache, a repeated request is answered from the cache without running the model.
         `progress` hears how far the job is; setting `cancel` stops it (see `latentsync.progress`).
+        A cache hit is served only within the same `cache_scope` (a server's visitor, say), so one
+        caller cannot learn from it what another ran.
         """
         video_path, audio_path, output_path = Path(video_path), Path(audio_path), Path(output_path)
         options = options or LipsyncOptions()
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
         run = partial(self._run, video_path, audio_path, options=options, temp_dir=temp_dir, progress=progress, cancel=cancel)
-        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path)
+        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, cache_scope)
         write_json_atomically(report_path, report.to_dict())
         return LipsyncResult(output_path, report, report_path)
 
-    def _run_cached(self, run, video_path, audio_path, options, output_path) -> JobReport:
+    def _run_cached(self, run, video_path, audio_path, options, output_path, scope: str) -> JobReport:
         """`run` the job into the result cache (unless it holds the result already), then copy it out."""
 
         def produce(folder: Path) -> None:
             write_json_atomically(folder / "report.json", run(folder / "output.mp4").to_dict())
 
-        cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.model_identity), produce)
+        cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.model_identity, scope), produce)
         place(cached.dir / "output.mp4", output_path)
         report = JobReport.from_dict(json.loads((cached.dir / "report.json").read_text()))
         report.cache = "hit" if cached.hit else "miss"

@@ -28,6 +28,10 @@ ACCEPTED_DEMUXERS = (
 )
 VIDEO_FORMATS = "mp4, mov, mkv, webm, avi, ts, or a still image"
 AUDIO_FORMATS = "wav, mp3, aac, m4a, ogg, opus, flac"
+# The file names those containers go by, for upload forms (the content still decides: `probe`).
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp", ".3g2")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".aac", ".m4a", ".ogg", ".oga", ".opus", ".flac", ".aif", ".aiff", ".mka")
 IMAGE2_SINGLE_FILE = ("-pattern_type", "none")  # a name like img%03d.png is one file, not a sequence
 QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 REFUSED_KINDS = {"hls": "an HLS playlist", "concat": "an ffconcat script", "dash": "a DASH manifest", "sdp": "an SDP session description"}
