@@ -66,12 +66,12 @@ class Predictor(BaseRunner):
     ) -> Any:
         """Lip-sync `video` to `audio`. Returns the mp4 (or {video, report} with return_report)."""
         self._outputs.remove_old()
-        await in_thread(check_inputs, LocalPath(video), LocalPath(audio))
-        options = options_from_inputs(
+        options = options_from_inputs(  # the options first: a bad number is refused before any file is read
             guidance_scale=guidance_scale, inference_steps=inference_steps, seed=seed, enable_deepcache=enable_deepcache,
             length_mode=length_mode, skip_silence=skip_silence, speaker_point=speaker_point,
             min_sync_confidence=min_sync_confidence, low_sync_action=low_sync_action, output_fps=output_fps, crf=crf,
         )
+        await in_thread(check_inputs, LocalPath(video), LocalPath(audio))
         print(f"Using seed: {options.seed}")
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).

@@ -5,9 +5,11 @@ either an output (with what must hold for it) or one clear error sentence (a pat
 name the input ("The video input ...") and never a path.
 
 The hostile cases are files whose content would make ffmpeg do more than decode them: playlists
-and scripts that read other files of the machine (or wait forever on a "live" stream), image
-sequence patterns, files that hold more than their header declares or change size midway, and
-names that look like options.
+and scripts that read other files of the machine (or wait forever on a "live" stream), also as
+the speech the web app previews, image sequence patterns, files that hold more than their header
+declares, change size midway or declare a frame rate that would stretch ffmpeg's time budget,
+names that look like options, and options that are not numbers (NaN, infinity, a seed past the
+random generator's range), refused before any file is read.
 
     python -m scripts.make_corpus tests/corpus
 """
@@ -15,7 +17,7 @@ names that look like options.
 import json
 import struct
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -41,6 +43,7 @@ class Case:
     size: tuple | None = None  # expected output (width, height)
     all_passthrough: bool = False  # nothing may be regenerated
     note: str = ""
+    inputs: dict = field(default_factory=dict)  # service inputs (Cog names) besides the two files
 
 
 CASES = [
@@ -90,6 +93,17 @@ HOSTILE = [
     Case("midstream_resolution_change", "size_change.ts", "speech2.wav", "output", duration=2.0, size=(540, 960),
          note="1 s at 540x960, then 0.2 s of 8K (4320x7680) frames: every frame comes out at the checked 540x960"),
     Case("names_with_a_dash_and_a_newline", DASH_NEWLINE_VIDEO, DASH_NEWLINE_AUDIO, "output", duration=1.0, size=(540, 960)),
+    Case("hls_playlist_as_speech_upload", "face1.mp4", "speech.m3u8", "error", r"^The audio input is (a \.m3u8 file|an HLS playlist)",
+         note="lists a local clip with speech, outside any upload folder: neither the web app's preview nor a job may play it"),
+    Case("live_hls_as_speech_upload", "face1.mp4", "live_speech.m3u8", "error", r"^The audio input is (a \.m3u8 file|an HLS playlist)",
+         note="no #EXT-X-ENDLIST: an ffmpeg opening it would wait for more segments (Gradio's did, for 9.5 minutes)"),
+    Case("live_hls_named_like_speech", "face1.mp4", "speech_playlist.mp3", "error", r"^The audio input is an HLS playlist",
+         note="a live playlist behind an audio file's name: the content decides"),
+    Case("declares_1000_fps", "fps1000.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960),
+         note="0.2 s at 1000 fps: decoded as any other (ffmpeg's time budget is capped, whatever the rate declared)"),
+    Case("nan_guidance_scale", "face1.mp4", "speech1.wav", "error", r"^guidance_scale must be a finite number", inputs={"guidance_scale": float("nan")}),
+    Case("infinite_seed", "face1.mp4", "speech1.wav", "error", r"^seed must be a finite number", inputs={"seed": float("inf")}),
+    Case("seed_past_the_generators_range", "face1.mp4", "speech1.wav", "error", r"^seed must be between -1 and 4294967295", inputs={"seed": 1e300}),
 ]
 CASES += HOSTILE
 
@@ -159,12 +173,16 @@ def hostile(folder: Path) -> None:
     hls_playlist(f / "playlist.mp4", f / "face1.ts")
     hls_playlist(f / "playlist.m4a", f / "face1.ts")
     hls_playlist(f / "live.mp4", f / "face1.ts", live=True)
+    hls_playlist(f / "speech.m3u8", f / "face1.ts")  # face1.ts carries the clip's own speech
+    hls_playlist(f / "live_speech.m3u8", f / "face1.ts", live=True)
+    hls_playlist(f / "speech_playlist.mp3", f / "face1.ts", live=True)
     ffconcat_script(f / "concat.mp4", "face1.mp4")
     ffmpeg("-i", f / "face1.mp4", "-frames:v", 1, "-update", 1, f / "frame%03d.png")  # the one image named with a pattern
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", f / "frame%03d.png")  # frame001.png...: no face
     ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 0.4, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", f / "piece.ts")
     repeated_ts(f / "repeated.ts", f / "piece.ts", 5)
     resolution_change(f / "size_change.ts", 1.0, "4320:7680", 0.2)
+    clip(f / "fps1000.mp4", 0.2, extra=("-r", 1000))
     (f / DASH_NEWLINE_VIDEO).write_bytes((f / "face1.mp4").read_bytes())
     (f / DASH_NEWLINE_AUDIO).write_bytes((f / "speech1.wav").read_bytes())
 

@@ -1,16 +1,19 @@
 """Production behaviour on real footage shapes: cut-aways, pauses, two faces, length modes,
 out-of-memory recovery, failed windows, sync policies and the result cache."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from latentsync.cache import ResultCache
 from latentsync.options import LipsyncOptions
+from latentsync.pipeline import LipsyncPipeline
 from latentsync.planner import NoFaceError
 from latentsync.sync import SyncNetScorer
 from latentsync.media.probe import probe
-from tests.media import ffmpeg, frames, psnr, random_syncnet_weights, small_clip, speech, tiny_pipeline
+from tests.media import ffmpeg, frames, psnr, random_syncnet_weights, small_clip, speech, tiny_files, tiny_pipeline
 
 FAST = dict(num_inference_steps=1)
 
@@ -220,3 +223,24 @@ def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
     second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report.to_dict()
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()
+
+
+def test_other_weights_or_another_precision_miss_the_cache(clips, tmp_path):
+    """The key holds what was loaded, not just the version label: a U-Net file changed under the
+    same label, or another precision, produces again instead of serving the old result."""
+    cache = ResultCache(tmp_path / "cache")
+    audio = speech(clips["folder"] / "identity.wav", 0.6, start=1.0)
+
+    def served(pipeline, name: str) -> str:
+        return pipeline(clips["face"], audio, tmp_path / name, LipsyncOptions(**FAST)).report.cache
+
+    assert [served(tiny_pipeline(cache=cache), name) for name in ("a.mp4", "b.mp4")] == ["miss", "hit"]
+    checkpoint = torch.load(tiny_files().unet_checkpoint, map_location="cpu", weights_only=False)
+    first = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][first] = checkpoint["state_dict"][first] + 0.01
+    torch.save(checkpoint, tmp_path / "unet_changed.pt")
+    changed = LipsyncPipeline.from_files(replace(tiny_files(), unet_checkpoint=tmp_path / "unet_changed.pt"), device="cpu",
+                                         face_detector="mediapipe", cache=cache)
+    assert changed.version == "tiny" and served(changed, "c.mp4") == "miss"
+    assert served(tiny_pipeline(cache=cache, precision="bfloat16"), "d.mp4") == "miss"
+    assert served(tiny_pipeline(cache=cache), "e.mp4") == "hit"  # the first load's entry is still there

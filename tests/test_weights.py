@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -42,6 +43,18 @@ def test_ensure_weights_downloads_verifies_and_then_trusts_the_cache(served):
     before = len(server.requests)
     ensure_weights("1.5", root, manifest)  # same files: nothing to fetch, nothing to re-hash
     assert len(server.requests) == before
+
+
+def test_the_weights_identity_is_the_manifests_hashes_of_the_verified_files(served):
+    """The result cache keys on it: taken from the manifest once ensure_weights verified the files
+    (no 5 GB re-read at load), and computed from the files when they were laid out by hand."""
+    _, manifest, root = served
+    files = ensure_weights("1.6", root, manifest)
+    identity = weights.weights_identity(files)
+    assert identity["unet"] == manifest.files["unet"].sha256 == sha256_of(files.unet_checkpoint)
+    assert set(identity) == set(manifest.versions["1.6"].files) | {"unet_config"}
+    by_hand = weights.weights_identity(replace(files, sha256={}))
+    assert by_hand[str(files.unet_checkpoint)] == identity["unet"] and by_hand[str(files.mask)] == identity["mask"]
 
 
 def test_a_dropped_connection_resumes_the_chunk(served):
