@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from latentsync.face.align import FaceAligner
 from latentsync.face.detect import FaceDetection
 from latentsync.face.track import build_tracks, choose_speaker, iou
 from latentsync.options import LipsyncOptions
@@ -25,6 +26,7 @@ from latentsync.planner import (
     split_at,
     windows_for,
 )
+from tests.official import assert_affine_close, far_apart, official_affines
 
 
 def test_frames_covering_counts_a_partial_last_frame():
@@ -193,6 +195,31 @@ def test_a_steady_face_under_speech_is_regenerated_and_aligned_everywhere():
     assert actions(result) == [(0, 40, G)] and result.fps == 25.0
     assert sorted(result.affines) == list(range(40)) and result.affines[0].shape == (2, 3)
     np.testing.assert_array_equal(result.source_frames, np.arange(40))
+
+
+def test_alignment_is_smoothed_within_each_face_track_and_starts_afresh_at_a_cut():
+    """Two shots of differently shaped, jittering faces: each track's affines are the official's
+    smoothing run over that track alone (the official carries it over the cut, which shows)."""
+    rng = np.random.default_rng(7)
+
+    def shot(x, y, size, nose):
+        faces = []
+        for _ in range(20):
+            face = detection(x, y, size)
+            face.landmarks3 = face.landmarks3 + np.array([[0.0, 0.0], [0.0, 0.0], nose]) * size + rng.uniform(-4.0, 4.0, (3, 2))
+            faces.append([face])
+        return faces
+
+    shot_a, shot_b = shot(100, 100, 300, (0.0, 0.0)), shot(500, 300, 280, (-0.08, 0.12))
+    result = plan(shot_a + shot_b)
+    assert actions(result) == [(0, 20, G), (20, 40, G)]
+    template = FaceAligner(256).template
+    landmarks = [faces[0].landmarks3 for faces in shot_a + shot_b]
+    expected = official_affines(landmarks[:20], template) + official_affines(landmarks[20:], template)
+    for frame in range(40):
+        assert_affine_close(result.affines[frame], expected[frame], err_msg=f"frame {frame}")
+    carried_over_the_cut = official_affines(landmarks, template)
+    assert far_apart(carried_over_the_cut[20], expected[20])
 
 
 def test_faces_turned_past_the_yaw_limit_pass_through():
