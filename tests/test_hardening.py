@@ -341,9 +341,9 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_output(pipeline, tmp_pat
     audio = speech(tmp_path / "speech.wav", 2.0)
     small = tmpfs(tmp_path / "small", "200k")
     try:
-        with pytest.raises(Exception) as raised:
+        # the encoder is what runs out of room, and the sentence names it and why
+        with pytest.raises(MediaError, match=r"^Encoding out\.mp4 failed: .*No space left on device"):
             pipeline(video, audio, small / "out.mp4", LipsyncOptions(num_inference_steps=1), temp_dir=small / "temp")
-        assert re.search(r"No space left on device|failed|disk", str(raised.value), re.IGNORECASE), str(raised.value)
         leftovers = [p for p in small.rglob("*") if p.is_file()]
         assert leftovers == [], leftovers
     finally:
