@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import psutil
 import pytest
+from pytest import approx
 
 from latentsync.config import REPO_ROOT
 from latentsync.files import JOB_DIR_PREFIX
@@ -29,7 +30,7 @@ from scripts import make_corpus
 from scripts.make_corpus import CASES, HOSTILE, build
 from tests.cog_server import data_uri, running_cog_server
 from tests.http_fixtures import FileServer
-from tests.media import ffmpeg, frames, small_clip, speech, tiny_pipeline
+from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,9 @@ def error_sentence(body: dict) -> str:
     return body["error"].rpartition("Error: ")[2]
 
 
-def check_prediction(case, body: dict, tmp_path: Path) -> None:
+def check_prediction(case, body: dict, source: Path, tmp_path: Path) -> None:
     """A Cog prediction ended as the case promises: failed with its sentence (which names the
-    input, never a server path), or succeeded with a correct output."""
+    input, never a server path), or succeeded with a correct output of the video `source`."""
     if case.expect == "error":
         assert body["status"] == "failed", case.name
         assert re.search(case.error, error_sentence(body)), body["error"]
@@ -68,18 +69,28 @@ def check_prediction(case, body: dict, tmp_path: Path) -> None:
         assert body["status"] == "succeeded", body.get("error")
         out = tmp_path / "out.mp4"
         out.write_bytes(base64.b64decode(body["output"]["video"].split(",", 1)[1]))
-        check_output(case, out, body["output"]["report"])
+        check_output(case, out, body["output"]["report"], source)
 
 
-def check_output(case, path: Path, report: dict | None) -> None:
+def check_output(case, path: Path, report: dict, source: Path) -> None:
+    """An output as the case promises: H.264 with audio, its length and size, the report's spans
+    (what was regenerated where) and the frames it counts as regenerated."""
     info = probe(path)
     assert info.has_video and info.has_audio and info.video_codec == "h264"
     if case.duration is not None:
         assert abs(info.duration - case.duration) <= 0.05, (case.name, info.duration)
     if case.size is not None:
         assert (info.width, info.height) == case.size, case.name
-    if case.all_passthrough and report is not None:
-        assert report["frames_generated"] == 0
+    if case.spans:
+        assert [(s["start"], s["end"], s["action"]) for s in report["spans"]] == [(approx(a), approx(b), action) for a, b, action in case.spans]
+        assert report["frames_generated"] == round(sum(b - a for a, b, action in case.spans if action == "generated") * 25)
+    if case.lip_synced:
+        assert report["frames_generated"] > 0, report["spans"]
+    if case.one_of_two_faces:  # side by side: the output's left and right halves against the source's
+        before, after = frames(source), frames(path)
+        middle = before.shape[2] // 2
+        changed = [psnr(before[:, :, half], after[:, :, half]) < 38 for half in (slice(0, middle), slice(middle, None))]
+        assert sorted(changed) == [False, True], changed
 
 
 def slow_where(cases, names: set[str]) -> list:
@@ -104,7 +115,7 @@ def test_corpus_through_the_library(case, corpus, pipeline, tmp_path):
         assert not output.exists()
     else:
         result = pipeline(corpus / case.video, corpus / case.audio, output, LipsyncOptions(num_inference_steps=1), temp_dir=temp)
-        check_output(case, output, result.report.to_dict())
+        check_output(case, output, result.report.to_dict(), corpus / case.video)
     assert time.time() - started < 60
     if case.expect == "output":  # the job worked in temp_dir, and left nothing there
         assert temp.is_dir() and list(temp.iterdir()) == []
@@ -178,7 +189,7 @@ def test_corpus_through_the_cog_server(case, corpus, server, tmp_path):
     body = client.post("/predictions", json={"input": inputs}).json()
     assert time.time() - started < 300
     if video.exists():
-        check_prediction(case, body, tmp_path)
+        check_prediction(case, body, video, tmp_path)
     else:
         assert body["status"] == "failed" and "404" in body["error"]
     assert serving(client)
@@ -203,7 +214,7 @@ def test_hostile_cases_through_the_cog_server(case, corpus, corpus_files, server
     started = time.time()
     body = client.post("/predictions", json={"input": inputs}).json()
     assert time.time() - started < 60
-    check_prediction(case, body, tmp_path)
+    check_prediction(case, body, corpus / case.video, tmp_path)
     assert serving(client)
 
 
