@@ -17,7 +17,7 @@ def test_validate_fills_every_default_from_the_table():
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"colour": 1}, "Unknown parameter(s) colour; known: guidance_scale, inference_steps,"),
+    ({"colour": 1, "size": 2}, "Unknown parameter(s) colour, size; known: guidance_scale, inference_steps,"),
     ({"enable_deepcache": "yes"}, "enable_deepcache must be true or false, got 'yes'."),
     ({"enable_deepcache": 1}, "enable_deepcache must be true or false, got 1."),
     ({"inference_steps": 20.5}, "inference_steps must be an integer, got 20.5."),
@@ -75,6 +75,12 @@ def test_seeds():
     assert resolve_seed(7) == 7 and resolve_seed(7, zero_is_random=True) == 7
     drawn = [resolve_seed(-1) for _ in range(20)]  # drawn afresh each time
     assert len(set(drawn)) > 1 and all(1 <= value < 2**31 for value in drawn)
+
+
+@pytest.mark.parametrize("drawn,seed", [(b"\x00\x00\x00\x00", 1), (b"\x7f\xff\xff\xfe", 2**31 - 1), (b"\x80\x00\x00\x00", 2), (b"\xff\xff\xff\xff", 2)])
+def test_a_drawn_seed_is_a_positive_31_bit_integer(monkeypatch, drawn, seed):
+    monkeypatch.setattr("latentsync.options.os.urandom", lambda count: drawn[:count])
+    assert resolve_seed(-1) == seed
 
 
 def test_speaker_point_and_box_parsing():
