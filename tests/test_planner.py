@@ -476,3 +476,15 @@ def test_choosing_by_point_or_box_on_a_frame_without_faces_names_the_way():
         choose_speaker(tracks, point=(150, 150, 1))
     with pytest.raises(ValueError, match=r"^No face was found on frame 1 to select the speaker by box; pick a frame where the face is visible\.$"):
         choose_speaker(tracks, box=(100, 100, 400, 400, 1))
+
+
+def test_a_three_frame_video_looped_is_cut_at_each_restart():
+    # restarts jump two frames back (2 -> 0): each pass is its own run, too short to regenerate
+    result = plan([[detection()] for _ in range(3)], audio_s=9 / 25, length_mode="loop")
+    assert actions(result) == [(0, 9, P)]
+
+
+def test_a_track_beside_the_speaker_does_not_end_the_search_for_later_shots():
+    first, beside, later = shot(100, 100, 300, 0, 20), shot(600, 100, 200, 0, 20), shot(100, 100, 250, 30, 10)
+    tracks = build_tracks(frames_of(first, beside, later, total=40))  # beside's total area is larger than later's
+    assert [(t.first, t.faces[t.first].box[0]) for t in choose_speaker(tracks)] == [(0, 100), (30, 100)]
