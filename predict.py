@@ -42,6 +42,10 @@ class Predictor(BaseRunner):
         self.models = ModelVersions(DEFAULT_VERSION)
         self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
 
+    def healthcheck(self) -> bool:
+        """Cog's health check: False once the GPU stopped working (`ModelVersions.run`)."""
+        return self.models.healthy()
+
     async def run(
         self,
         video: Path = Input(description="Video with a visible face (mp4, mov, mkv, webm, avi; up to 4K, 10 minutes)."),
@@ -71,16 +75,16 @@ class Predictor(BaseRunner):
         print(f"Using seed: {options.seed}")
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await in_thread(self.models.get, version)
         cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
         with self._outputs.new() as folder:
             result = await in_thread(
-                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
+                self.models.run, version, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
                 progress=ProgressLog(logger.info), cancel=cancel,
             )
             shutil.rmtree(folder / "work", ignore_errors=True)
         report = result.report.to_dict()
         self.record_metric("frames_generated", report["frames_generated"])
+        self.record_metric("failed_windows", report["failed_windows"])  # kept their original frames: out of GPU memory
         if report.get("sync_confidence") is not None:
             self.record_metric("sync_confidence", report["sync_confidence"])
         if return_report:

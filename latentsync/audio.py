@@ -1,5 +1,5 @@
-"""Audio analysis: Whisper features per video frame, and voice activity (decoding is in
-`latentsync.media.decode`).
+"""Audio analysis: Whisper features per video frame, and voice activity with silero-vad
+(decoding is in `latentsync.media.decode`).
 
 LatentSync conditions each video frame on Whisper-tiny encoder features: the input embedding and
 every block's output (5 layers x 384) for each 20 ms Whisper frame, cut into one chunk of 10
@@ -10,8 +10,11 @@ Typical use:
     encoder = AudioEncoder("checkpoints/whisper/tiny.pt")
     features = encoder.features("speech.wav")          # (T, 5, 384), encoded lazily
     chunks = frame_chunks(features, start=0, count=16)  # (16, 50, 384) for video frames 0..15
+    pauses = silent_spans(load_audio("dub.wav"))        # [(start_s, end_s)] without a voice
 """
 
+import functools
+import importlib.metadata
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -19,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webrtcvad
 from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 from whisper.audio import N_FRAMES as WHISPER_WINDOW_MEL_FRAMES  # 3000 mel frames: Whisper's 30 s window
 from whisper.model import AudioEncoder as WhisperAudioEncoder
@@ -39,15 +41,38 @@ MIN_SAMPLES = 2 * HOP_LENGTH  # 20 ms: the shortest audio that yields one encode
 OVERLAP_HOP = 1000  # encoder frames (20 s)
 OVERLAP_FADE = 250  # encoder frames (5 s)
 
-# Voice activity: webrtcvad decisions per 30 ms frame, smoothed so that speech starts only after
-# SPEECH_ONSET_S of speech in a row (clicks and breaths inside pauses are ignored) and ends only
-# after SPEECH_HANGOVER_S of non-speech in a row (short dropouts inside words are bridged).
-VAD_FRAME_MS = 30
-VAD_AGGRESSIVENESS = 3  # webrtcvad's 0..3; 3 is the strictest about what counts as speech
-QUIET_BELOW_LOUD_DB = 35  # frames this far below the loud frames are never speech
-SPEECH_ONSET_S = 0.09
-SPEECH_HANGOVER_S = 0.15
-SILENCE_MARGIN_S = 0.06  # pauses are shrunk by this at each end next to speech
+# Voice activity: silero-vad's probability that each 32 ms frame holds a voice, from its ONNX model
+# (the "sequence" export, which runs a block of frames per call instead of one: the same
+# probabilities, a fraction of the Python overhead). Speech starts where the probability reaches
+# SPEECH_THRESHOLD and goes on while it stays above SPEECH_END_THRESHOLD; then only runs of at least
+# SPEECH_ONSET_S count as speech (a drum hit or a click in a pause does not) and only runs of at
+# least SPEECH_HANGOVER_S as its end (dropouts inside words are bridged). Tuned on demo1's speech
+# and the demo videos' own speech tracks, alone and mixed with music and room noise (README).
+VAD_PACKAGE = "silero-vad"
+VAD_MODEL_FILE = "silero_vad/data/silero_vad_16k_sequence.onnx"  # inside the package's wheel
+VAD_FRAME = 512  # samples per frame at 16 kHz: 32 ms
+VAD_CONTEXT = 64  # each frame goes in with the last samples of the frame before it
+VAD_BLOCK_FRAMES = 512  # frames per model call (16 s of audio)
+VAD_FRAME_S = VAD_FRAME / AUDIO_SAMPLE_RATE
+SPEECH_THRESHOLD = 0.35
+SPEECH_END_THRESHOLD = 0.2
+SPEECH_ONSET_S = 0.096  # 3 frames
+SPEECH_HANGOVER_S = 0.16  # 5 frames
+# The model decides where the pauses are; the level places their edges. The model reports an onset
+# a frame late, and is up to ~0.3 s late at either edge of a voice that starts or stops abruptly (a
+# hard edit into silence or noise), while the level changes at once. A pause's end moves back over
+# the frames before it that stand out from the pause (EDGE_RISE_DB above its median level, within
+# SPEECH_RANGE_DB of the speech's), or by one frame where none do (music as loud as the speech); its
+# start moves back over the frames at the pause's own level (within PAUSE_LEVEL_DB of it) where the
+# pause is EDGE_RISE_DB quieter than the speech. Either by at most EDGE_LOOKBACK_S.
+EDGE_RISE_DB = 10.0
+SPEECH_RANGE_DB = 30.0
+PAUSE_LEVEL_DB = 6.0
+EDGE_LOOKBACK_S = 0.32  # 10 frames
+# Pauses are then shrunk next to speech: lips move ahead of the sound they make, and close just
+# after it.
+MARGIN_BEFORE_SPEECH_S = 0.06
+MARGIN_AFTER_SPEECH_S = 0.03
 
 # ---- Whisper features ---------------------------------------------------------------------------
 
@@ -270,48 +295,122 @@ def frame_chunks(features, start: int, count: int, fps: float = MODEL_FPS) -> to
 # ---- voice activity -----------------------------------------------------------------------------
 
 
-def voice_activity(samples: np.ndarray, frame_ms: int = VAD_FRAME_MS, aggressiveness: int = VAD_AGGRESSIVENESS) -> np.ndarray:
-    """Whether each whole `frame_ms` frame of 16 kHz mono samples is speech: webrtcvad's decision,
-    except that frames more than 35 dB below the audio's loud frames never count as speech."""
-    if frame_ms not in (10, 20, 30):
-        raise ValueError(f"frame_ms must be 10, 20 or 30 (the frame lengths webrtcvad accepts), got {frame_ms}.")
-    if aggressiveness not in (0, 1, 2, 3):
-        raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness}.")
-    vad = webrtcvad.Vad(aggressiveness)
-    frame_length = AUDIO_SAMPLE_RATE * frame_ms // 1000
-    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float32) * 32768), -32768, 32767).astype(np.int16)
-    frames = pcm[: len(pcm) // frame_length * frame_length].reshape(-1, frame_length)
-    speech = np.array([vad.is_speech(frame.tobytes(), AUDIO_SAMPLE_RATE) for frame in frames], dtype=bool)
-    # After a few seconds of speech webrtcvad can take steady low noise (room tone) for speech, for
-    # seconds on end. "Loud" is the 99th percentile of frame levels: speech even when it is sparse,
-    # yet not a single click.
-    energy = np.empty(len(frames))
-    for start in range(0, len(frames), 4096):  # in blocks: a float64 copy of long audio is large
-        energy[start : start + 4096] = np.mean(frames[start : start + 4096].astype(np.float64) ** 2, axis=1)
-    level_db = 10 * np.log10(energy + 1e-3)
-    if len(level_db):
-        speech &= level_db > np.percentile(level_db, 99) - QUIET_BELOW_LOUD_DB
+class Pauses(list):
+    """The (start, end) seconds of each pause, and `detector`: what found them ("silero-vad 6.2.3")."""
+
+    def __init__(self, spans=(), detector: str = ""):
+        super().__init__(spans)
+        self.detector = detector
+
+
+def pause_detector() -> str:
+    """The voice activity detector and its version, as the report names it."""
+    return f"{VAD_PACKAGE} {importlib.metadata.version(VAD_PACKAGE)}"
+
+
+@functools.cache
+def _vad_session():
+    """silero-vad's ONNX model on the CPU, one thread (it is small; the GPU and the other cores
+    are busy with the job). The file is read from the installed wheel without importing the
+    `silero_vad` package, whose import sets torch to one thread for the whole process."""
+    import onnxruntime
+
+    try:
+        path = Path(importlib.metadata.distribution(VAD_PACKAGE).locate_file(VAD_MODEL_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"Voice activity needs the {VAD_PACKAGE} package: pip install -r requirements.txt.") from None
+    if not path.is_file():
+        raise RuntimeError(f"The {VAD_PACKAGE} package has no model file {VAD_MODEL_FILE}: reinstall it from requirements.txt.")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def speech_probability(samples: np.ndarray) -> np.ndarray:
+    """silero-vad's probability of speech in each 32 ms frame of 16 kHz mono samples (the last,
+    partial frame padded with silence): float32, ceil(len / 512) values."""
+    session = _vad_session()
+    hidden = np.zeros((1, 1, 128), np.float32)  # the model's LSTM state, carried across blocks
+    cell = np.zeros((1, 1, 128), np.float32)
+    previous = np.zeros(VAD_CONTEXT, np.float32)
+    probability = np.empty(-(-len(samples) // VAD_FRAME), np.float32)
+    for first, frames in _frame_blocks(samples):
+        context = np.concatenate([previous[None], frames[:-1, -VAD_CONTEXT:]])
+        previous = frames[-1, -VAD_CONTEXT:]
+        inputs = {"input": np.concatenate([context, frames], axis=1), "h": hidden, "c": cell}
+        probability[first : first + len(frames)], hidden, cell = session.run(None, inputs)
+    return probability
+
+
+def frame_levels_db(samples: np.ndarray) -> np.ndarray:
+    """The level of each 32 ms frame in dBFS (the last one padded with silence; -100 for silence)."""
+    levels = np.empty(-(-len(samples) // VAD_FRAME))
+    for first, frames in _frame_blocks(samples):
+        levels[first : first + len(frames)] = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+    return levels
+
+
+def _frame_blocks(samples: np.ndarray):
+    """(first frame index, frames) for blocks of up to VAD_BLOCK_FRAMES 32 ms frames, float32 (the
+    last frame padded with silence): long audio is never held as frames all at once."""
+    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+    for start in range(0, len(samples), VAD_BLOCK_FRAMES * VAD_FRAME):
+        piece = samples[start : start + VAD_BLOCK_FRAMES * VAD_FRAME]
+        yield start // VAD_FRAME, np.pad(piece, (0, -len(piece) % VAD_FRAME)).reshape(-1, VAD_FRAME)
+
+
+def voice_activity(samples: np.ndarray) -> np.ndarray:
+    """Whether each 32 ms frame of 16 kHz mono samples is speech (`speech_probability` with
+    hysteresis: speech starts at SPEECH_THRESHOLD and lasts while above SPEECH_END_THRESHOLD)."""
+    probability = speech_probability(samples)
+    speech = np.zeros(len(probability), dtype=bool)
+    talking = False
+    for i, p in enumerate(probability):
+        talking = p >= (SPEECH_END_THRESHOLD if talking else SPEECH_THRESHOLD)
+        speech[i] = talking
     return speech
 
 
-def silent_spans(samples: np.ndarray, min_silence_s: float = 0.3) -> list[tuple[float, float]]:
-    """The pauses in 16 kHz mono speech that last at least `min_silence_s`, as (start, end) seconds.
+def silent_spans(samples: np.ndarray, min_silence_s: float = 0.3) -> Pauses:
+    """The pauses in 16 kHz mono audio: stretches of at least `min_silence_s` without a voice
+    (silence, music, noise), as (start, end) seconds.
 
-    Pauses are shrunk by 60 ms where they meet speech, so the mouth may move a little before and
-    after the sound; a pause at the start or end of the audio runs to that end.
+    Each pause is shrunk by 0.06 s before speech and 0.03 s after it, so the mouth may move a
+    little before and after the sound; a pause at the start or end of the audio runs to that end.
     """
-    frame_s = VAD_FRAME_MS / 1000
-    speech = _smooth(voice_activity(samples), onset=round(SPEECH_ONSET_S / frame_s), hangover=round(SPEECH_HANGOVER_S / frame_s))
+    speech = _smooth(voice_activity(samples), onset=round(SPEECH_ONSET_S / VAD_FRAME_S), hangover=round(SPEECH_HANGOVER_S / VAD_FRAME_S))
+    levels = frame_levels_db(samples)
     total_s = len(samples) / AUDIO_SAMPLE_RATE
+    runs = _runs(speech)
     spans = []
-    for start, end, is_speech in _runs(speech):
-        if is_speech:
+    for k, (start, end, is_speech) in enumerate(runs):
+        if is_speech or min(end * VAD_FRAME_S, total_s) - start * VAD_FRAME_S < min_silence_s:
             continue
-        start_s = 0.0 if start == 0 else start * frame_s + SILENCE_MARGIN_S
-        end_s = total_s if end == len(speech) else end * frame_s - SILENCE_MARGIN_S
-        if end_s - start_s >= min_silence_s:
+        start, end = _edges_by_level(runs, k, levels)
+        start_s = 0.0 if start == 0 else start * VAD_FRAME_S + MARGIN_AFTER_SPEECH_S
+        end_s = total_s if end == len(speech) else end * VAD_FRAME_S - MARGIN_BEFORE_SPEECH_S
+        if end_s > start_s:
             spans.append((round(start_s, 3), round(end_s, 3)))
-    return spans
+    return Pauses(spans, detector=pause_detector())
+
+
+def _edges_by_level(runs: list[tuple[int, int, bool]], k: int, levels: np.ndarray) -> tuple[int, int]:
+    """The frames [start, end) of the pause `runs[k]` with its edges placed by the level (see
+    EDGE_RISE_DB)."""
+    start, end, _ = runs[k]
+    pause_level, lookback = np.median(levels[start:end]), round(EDGE_LOOKBACK_S / VAD_FRAME_S)
+    new_start, new_end = start, end
+    if k > 0:  # the speech before the pause ends where the level falls to the pause's
+        speech_start = runs[k - 1][0]
+        if pause_level <= np.median(levels[speech_start:start]) - EDGE_RISE_DB:
+            while new_start > max(speech_start + 1, start - lookback) and levels[new_start - 1] <= pause_level + PAUSE_LEVEL_DB:
+                new_start -= 1
+    if k + 1 < len(runs):  # the speech after it starts where the level rises out of the pause
+        audible = max(pause_level + EDGE_RISE_DB, np.median(levels[end : runs[k + 1][1]]) - SPEECH_RANGE_DB)
+        while new_end > max(start + 1, end - lookback) and levels[new_end - 1] > audible:
+            new_end -= 1
+        new_end = min(new_end, end - 1)
+    return new_start, new_end
 
 
 def _smooth(speech: np.ndarray, onset: int, hangover: int) -> np.ndarray:

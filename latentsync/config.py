@@ -113,6 +113,13 @@ APP_PORT = 7860  # Gradio's usual port
 DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/ and work/
 APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
 
+# ---- self-hosted GPUs: the queue and its workers (python -m latentsync.worker) ---------------------
+
+QUEUE_LEASE_S = 60.0  # a worker that has not renewed its job's lease for this long is presumed lost
+QUEUE_MAX_ATTEMPTS = 3  # a job lost this many times (workers gone or stopped) fails with the reason
+QUEUE_JOB_TIMEOUT_S = 3 * 3600.0  # a prediction still running after this is canceled and the job released
+WEBHOOK_LINK_TTL_S = 24 * 3600  # how long the output link in a self-hosted webhook works (S3: presigned)
+
 # ---- environment variables -----------------------------------------------------------------------
 
 
@@ -137,18 +144,32 @@ def compile_requested() -> bool:
     return os.environ.get("LATENTSYNC_COMPILE", "0") == "1"
 
 
+def allow_cpu() -> bool:
+    """$LATENTSYNC_ALLOW_CPU=1: a server with a CUDA build of PyTorch may run on the CPU (otherwise
+    setup fails when it finds no GPU)."""
+    return os.environ.get("LATENTSYNC_ALLOW_CPU", "0") == "1"
+
+
 def shared_dir() -> Path:
     """The provided test media and reference vectors: $LATENTSYNC_SHARED_DIR, else ../shared."""
     return Path(os.environ.get("LATENTSYNC_SHARED_DIR") or DEFAULT_SHARED_DIR)
 
 
 def webhook_secret() -> str | None:
-    """$LATENTSYNC_WEBHOOK_SECRET: the Replicate account's whsec_ secret for `serve-webhooks`
-    (read from the environment, so it never shows in the process list)."""
+    """$LATENTSYNC_WEBHOOK_SECRET: the whsec_ secret webhooks are signed with: the Replicate
+    account's for `serve-webhooks`, or your own, given to the self-hosted workers that sign with it
+    and to whatever receives their webhooks (from the environment, so it never shows in the process
+    list)."""
     return os.environ.get("LATENTSYNC_WEBHOOK_SECRET") or None
 
 
-def fleet_secret() -> str | None:
-    """$LATENTSYNC_FLEET_SECRET: the token a fleet's Cog servers send with their webhooks (their
-    WEBHOOK_AUTH_TOKEN); the client refuses webhooks without it."""
-    return os.environ.get("LATENTSYNC_FLEET_SECRET") or None
+def queue_url() -> str | None:
+    """$LATENTSYNC_QUEUE_URL: the self-hosted queue's Redis URL, for the client and the workers when
+    --queue is not given (a URL with a password belongs here, not on the command line)."""
+    return os.environ.get("LATENTSYNC_QUEUE_URL") or None
+
+
+def storage_url() -> str | None:
+    """$LATENTSYNC_STORAGE_URL: the self-hosted queue's storage (s3://bucket/prefix or
+    file:///folder) when --storage is not given."""
+    return os.environ.get("LATENTSYNC_STORAGE_URL") or None

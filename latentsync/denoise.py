@@ -16,22 +16,28 @@ window gets the result it gets alone. Random numbers are drawn on the CPU in flo
 the model's device and dtype, so a seed means the same noise on every machine.
 """
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from .config import SCHEDULER_CONFIG_DIR, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, load_yaml
-from .device import to_device
+from .config import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, SCHEDULER_CONFIG_DIR, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR, load_yaml
+from .device import to_device, with_fast_layout
 from .files import require_weight_file
 from .models.unet import UNet3DConditionModel
+
+logger = logging.getLogger("latentsync")
 
 DEEPCACHE_INTERVAL = 3  # with DeepCache, every third step runs the whole U-Net (the official's setting)
 
 
 def load_unet(files, device="cpu", dtype=torch.float32) -> UNet3DConditionModel:
     """The U-Net of `files` (a `weights.ModelFiles`: config + checkpoint), loaded without a second copy in memory."""
-    return UNet3DConditionModel.from_checkpoint(load_yaml(files.unet_config)["model"], files.unet_checkpoint, device, dtype)
+    unet = UNet3DConditionModel.from_checkpoint(load_yaml(files.unet_config)["model"], files.unet_checkpoint, device, dtype, config_path=files.unet_config)
+    return with_fast_layout(unet)
 
 
 def load_scheduler() -> DDIMScheduler:
@@ -42,7 +48,7 @@ def load_scheduler() -> DDIMScheduler:
 def load_vae(vae_dir, device="cpu", dtype=torch.float32) -> AutoencoderKL:
     """The SD VAE (stabilityai/sd-vae-ft-mse) from a diffusers folder with config.json + safetensors."""
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, low_cpu_mem_usage=False)  # the small VAE needs no accelerate
-    return vae.to(device).eval().requires_grad_(False)
+    return with_fast_layout(vae.to(device).eval().requires_grad_(False))
 
 
 def load_training_mask(path, resolution: int) -> torch.Tensor:
@@ -60,21 +66,6 @@ def load_training_mask(path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def standard_normal(shape, generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal draws from `generator` (or torch's global one), made on the CPU in float32,
-    then moved to `like`'s device and dtype."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
-
-
-def encode_faces(vae: AutoencoderKL, pixels: torch.Tensor, generator=None, sample_posterior=True) -> torch.Tensor:
-    """VAE-encode (f, 3, H, W) pixels in [-1, 1] into scaled latents (1, 4, f, H/8, W/8): a sample of
-    the posterior (official; mean + std x a standard normal draw), or its mean."""
-    posterior = vae.encode(pixels).latent_dist
-    latents = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, posterior.mean) if sample_posterior else posterior.mode()
-    latents = (latents - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR
-    return latents.permute(1, 0, 2, 3).unsqueeze(0)
-
-
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, frames_per_batch: int | None = None) -> torch.Tensor:
     """VAE-decode latents (1, 4, f, h, w) into (f, 3, H, W) pixels in [-1, 1] (unclamped).
 
@@ -86,10 +77,29 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, frames_per_batch: 
     return torch.cat([vae.decode(part).sample for part in latents.split(step)])
 
 
+def decode_in_float32(vae: AutoencoderKL, latents: torch.Tensor, frames_per_batch: int | None = None) -> torch.Tensor:
+    """Decode once more with the VAE in float32: the SD VAE's decoder can overflow float16 into
+    Inf/NaN on some latents. Raises FloatingPointError if float32 gives non-finite values too."""
+    logger.warning("the VAE decoded non-finite values in %s; decoding that window again in float32", vae.dtype)
+    dtype = vae.dtype
+    vae.to(torch.float32)  # callers hold the model lock: no other batch uses the VAE meanwhile
+    try:
+        decoded = decode_latents(vae, latents.float(), frames_per_batch)
+    finally:
+        vae.to(dtype)
+    if not torch.isfinite(decoded).all():
+        raise FloatingPointError("the VAE decoded non-finite values even in float32 (the U-Net's latents are not finite)")
+    return decoded
+
+
+def noise_frame(generator, latent_size: tuple[int, int]) -> torch.Tensor:
+    """One frame of starting noise (1, 4, 1, h, w), drawn on the CPU in float32."""
+    return torch.randn((1, 4, 1, *latent_size), generator=generator, dtype=torch.float32)
+
+
 def initial_noise(generator, latent_size: int, num_frames: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
     """The starting latents: ONE noise frame, repeated over the frames (1, 4, f, h, w), as the official draws it."""
-    noise = torch.randn((1, 4, 1, latent_size, latent_size), generator=generator, dtype=torch.float32)
-    return noise.to(device, dtype).repeat(1, 1, num_frames, 1, 1)
+    return noise_frame(generator, (latent_size, latent_size)).to(device, dtype).repeat(1, 1, num_frames, 1, 1)
 
 
 @torch.no_grad()
@@ -107,14 +117,14 @@ def denoise_windows(
     faces: torch.Tensor,
     audio_embeds: torch.Tensor,
     mask: torch.Tensor,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 1.5,
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     initial_latents: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     sample_posterior: bool = True,
     enable_deepcache: bool = False,
     split_guidance_batch: bool = False,
-    decode_frames_per_batch: int | None = None,
+    vae_frames_per_batch: int | None = None,
 ) -> torch.Tensor:
     """Regenerate the mouth region of windows of aligned faces to match their audio.
 
@@ -133,43 +143,76 @@ def denoise_windows(
         enable_deepcache: reuse deep U-Net features between steps (interval 3, branch 0).
         split_guidance_batch: run the unconditional and audio branches as two U-Net passes instead
             of one batch of two (same result, less peak memory).
-        decode_frames_per_batch: decode this many frames at a time (same result, less memory).
+        vae_frames_per_batch: encode and decode this many frames at a time (same result, less memory).
 
     Returns:
         (n, f, 3, H, W) faces in [-1, 1]: decoded mouth region, input pixels elsewhere.
     """
     device, dtype = unet_device_dtype(unet)
-    starts, pixels, conditioning = [], [], []
-    for window in faces:
-        start = initial_latents if initial_latents is not None else initial_noise(generator, window.shape[-1] // 8, len(window), device, dtype)
-        window_pixels, window_conditioning = encode_window(vae, window, mask, generator, sample_posterior, device, dtype)
-        starts.append(start.to(device, dtype) * scheduler.init_noise_sigma)
-        pixels.append(window_pixels)
-        conditioning.append(window_conditioning)
+    windows, frames, _, height, width = faces.shape
+    latent_size = (height // 8, width // 8)
+
+    # 1-2. The faces in [-1, 1]; the masked and the full faces of every window through the VAE in one call.
+    pixels = (faces.to(device, torch.float32) / 255.0 - 0.5) / 0.5
+    mask = mask.to(device, torch.float32)
+    both = torch.stack([pixels * mask, pixels], dim=1).flatten(0, 2)  # window by window: masked frames, then full ones
+    # In the layout the faces came in (a job's crops are channels-last, (H, W, 3) from the aligner),
+    # so the convolutions compute exactly what they did on each window's faces alone.
+    layout = torch.channels_last if pixels[0].is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    posterior = _encode(vae, both.to(vae.dtype, memory_format=layout), vae_frames_per_batch)
+    # The random draws, made on the CPU in the official order and moved to the device in one copy.
+    draws = draw_window_noise(generator, windows, frames, latent_size, initial_latents is None, sample_posterior)
+    per_window = to_device(draws, device, torch.float32).view(windows, -1)
+    noise_frame_size = 4 * latent_size[0] * latent_size[1] if initial_latents is None else 0
+    if initial_latents is None:
+        start = per_window[:, :noise_frame_size].view(windows, 4, 1, *latent_size).repeat(1, 1, frames, 1, 1)
+    else:
+        start = initial_latents.to(device, torch.float32).expand(windows, -1, -1, -1, -1)
+    if sample_posterior:
+        latents = posterior.mean + posterior.std * per_window[:, noise_frame_size:].reshape(posterior.mean.shape).to(posterior.mean.dtype)
+    else:
+        latents = posterior.mode()
+    latents = ((latents - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR).unflatten(0, (windows, 2, frames)).permute(0, 1, 3, 2, 4, 5)
+    mask_latents = F.interpolate(mask[0:1].expand(frames, 1, height, width), size=latent_size).permute(1, 0, 2, 3)[None]
+    conditioning = torch.cat([mask_latents.expand(windows, -1, -1, -1, -1), latents[:, 0], latents[:, 1]], dim=1).to(dtype)
+    start = start.to(dtype) * scheduler.init_noise_sigma
+
+    # 3. DDIM with classifier-free guidance.
     latents = denoising_loop(
-        unet, scheduler, torch.cat(starts), torch.cat(conditioning), audio_embeds.flatten(0, 1).to(device, dtype),
+        unet, scheduler, start, conditioning, audio_embeds.flatten(0, 1).to(device, dtype),
         num_inference_steps, guidance_scale, enable_deepcache, split_guidance_batch,
     )
-    mask_full = mask[0:1].to(device, torch.float32)
+
+    # 4. Decode, and keep only the mouth region of what was decoded.
+    mask_full = mask[0:1]
     results = []
     for window_latents, window_pixels in zip(latents.split(1), pixels):
-        decoded = decode_latents(vae, window_latents.to(vae.dtype), decode_frames_per_batch).float()
+        decoded = decode_latents(vae, window_latents.to(vae.dtype), vae_frames_per_batch).float()
+        if not torch.isfinite(decoded).all():
+            decoded = decode_in_float32(vae, window_latents, vae_frames_per_batch)
         results.append(decoded * (1 - mask_full) + window_pixels * mask_full)  # only the mouth region is new
     return torch.stack(results)
 
 
-def encode_window(vae, faces: torch.Tensor, mask: torch.Tensor, generator, sample_posterior: bool, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-2: the faces as pixels in [-1, 1], and the U-Net's 9 conditioning channels
-    (1, 9, f, h, w): the mask, the masked faces' latents and the reference (full faces') latents,
-    encoded in that order (the order of the generator's draws when the posterior is sampled)."""
-    num_frames, _, height, width = faces.shape
-    pixels = (faces.to(device, torch.float32) / 255.0 - 0.5) / 0.5
-    mask = mask.to(device, torch.float32)
-    mask_1ch = mask[0:1].expand(num_frames, 1, height, width)
-    mask_latents = F.interpolate(mask_1ch, size=(height // 8, width // 8)).permute(1, 0, 2, 3).unsqueeze(0)
-    masked_latents = encode_faces(vae, (pixels * mask).to(vae.dtype), generator, sample_posterior)
-    reference_latents = encode_faces(vae, pixels.to(vae.dtype), generator, sample_posterior)
-    return pixels, torch.cat([mask_latents.to(dtype), masked_latents.to(dtype), reference_latents.to(dtype)], dim=1)
+def draw_window_noise(generator, windows: int, frames: int, latent_size: tuple[int, int], initial_noise: bool, posterior: bool) -> torch.Tensor:
+    """Every random number a batch of windows needs, drawn on the CPU in float32 in the official
+    order, as one flat tensor of equal parts per window: its initial noise frame (if drawn here),
+    then the posterior samples of its masked faces and of its reference faces (if sampled)."""
+    draws = []
+    for _ in range(windows):
+        if initial_noise:
+            draws.append(noise_frame(generator, latent_size).flatten())
+        if posterior:
+            draws += [torch.randn((frames, 4, *latent_size), generator=generator, dtype=torch.float32).flatten() for _ in range(2)]
+    return torch.cat(draws) if draws else torch.empty(windows, 0)
+
+
+def _encode(vae: AutoencoderKL, pixels: torch.Tensor, frames_per_batch: int | None):
+    """The VAE posterior of (n, 3, H, W) pixels, `frames_per_batch` at a time (same result)."""
+    if frames_per_batch is None or frames_per_batch >= len(pixels):
+        return vae.encode(pixels).latent_dist
+    parts = [vae.encode(part).latent_dist for part in pixels.split(frames_per_batch)]
+    return DiagonalGaussianDistribution(torch.cat([part.parameters for part in parts]))
 
 
 def denoising_loop(unet, scheduler, latents, conditioning, audio_embeds, num_inference_steps, guidance_scale,

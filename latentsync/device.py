@@ -36,6 +36,42 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def describe_device(device, dtype: torch.dtype) -> str:
+    """"cuda:0 (NVIDIA H100 80GB HBM3, compute capability 9.0, float16, 78.1 of 79.2 GiB free)" or "cpu (float32)"."""
+    device = torch.device(device)
+    precision = str(dtype).removeprefix("torch.")
+    if device.type != "cuda":
+        return f"{device.type} ({precision})"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    free, total = torch.cuda.mem_get_info(index)
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)}, compute capability {major}.{minor}, {precision}, {free / GiB:.1f} of {total / GiB:.1f} GiB free)"
+
+
+def device_works(device) -> bool:
+    """Whether `device` still runs work: some CUDA errors (an illegal memory access) leave the
+    process's CUDA context unusable, and every later call on it fails too."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    try:
+        torch.ones(1, device=device).add_(1).item()
+        torch.cuda.synchronize(device)
+        return True
+    except Exception:
+        return False
+
+
+def require_gpu_unless_allowed(device, allow_cpu: bool) -> None:
+    """A CUDA build of PyTorch (the GPU image) that finds no usable GPU fails loudly (a host driver
+    too old for its CUDA, no GPU passed to the container), unless running on the CPU is intended."""
+    if torch.version.cuda is not None and torch.device(device).type != "cuda" and not allow_cpu:
+        raise RuntimeError(
+            f"No usable CUDA GPU was found, though this PyTorch is built for CUDA {torch.version.cuda} (is the host's NVIDIA driver "
+            "new enough, and was the GPU passed to the container?); set LATENTSYNC_ALLOW_CPU=1 to run on the CPU on purpose."
+        )
+
+
 def auto_windows_per_batch(unet: torch.nn.Module, resolution: int) -> int:
     """1 on the CPU; on CUDA, the windows that fit in free memory and in the official's footprint."""
     device = next(unet.parameters()).device
@@ -46,6 +82,14 @@ def auto_windows_per_batch(unet: torch.nn.Module, resolution: int) -> int:
     size = 256 if resolution <= 256 else 512
     budget = min(free, OFFICIAL_VRAM_BYTES[size] - weights)
     return max(1, min(MAX_WINDOWS_PER_BATCH, int(budget // WINDOW_BYTES_ESTIMATE[size])))
+
+
+def with_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its convolution weights channels-last on CUDA, where cuDNN's tensor-core kernels
+    work in that layout (the same arithmetic); unchanged elsewhere."""
+    if next(model.parameters()).device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import tempfile
+import types
 import warnings
 
 import numpy as np
@@ -46,22 +47,24 @@ def native_stderr_captured():
     MediaPipe starts has TensorFlow Lite print "Created TensorFlow Lite XNNPACK delegate" and
     "Feedback manager requires a model with a single signature inference" (after absl's "before
     InitializeLog" banner). What the block wrote is logged at DEBUG when it succeeds and written
-    to stderr when it fails, so a real error is never lost.
+    to stderr when it fails, so a real error is never lost; it is also the `text` of the object
+    the block gets, once the block has ended.
     """
     sys.stderr.flush()
     original = os.dup(2)
     failed = True
+    written = types.SimpleNamespace(text="")
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            yield
+            yield written
             failed = False
         finally:
             sys.stderr.flush()
             os.dup2(original, 2)
             os.close(original)
             captured.seek(0)
-            text = captured.read().decode(errors="replace")
+            text = written.text = captured.read().decode(errors="replace")
             if failed:
                 sys.stderr.write(text)
             elif text.strip():

@@ -29,8 +29,9 @@ import torch
 from .audio import AudioEncoder, frame_chunks, silent_spans
 from .cache import ResultCache, cache_key, place
 from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
-from .denoise import DEEPCACHE_INTERVAL, denoise_windows, load_scheduler, load_training_mask, load_unet, load_vae
-from .device import auto_windows_per_batch, default_device, model_dtype
+from .compiled_unet import CompiledUNet
+from .denoise import denoise_windows, load_scheduler, load_training_mask, load_unet, load_vae, unet_device_dtype
+from .device import auto_windows_per_batch, default_device, describe_device, model_dtype, to_device
 from .face.detect import FaceDetection, FaceDetector, create_detector
 from .face.track import build_tracks, choose_speaker
 from .files import job_folder, write_json_atomically
@@ -40,6 +41,7 @@ from .options import LipsyncOptions
 from .planner import frames_covering, output_fps, plan_job
 from .progress import ProgressCallback, notify, raise_if_cancelled
 from .render import Renderer
+from .windows import ModelError
 from .report import JobReport, build_report, log_spans
 from .sync import SyncNetScorer
 
@@ -49,6 +51,14 @@ class LipsyncResult:
     output_path: Path
     report: JobReport
     report_path: Path
+
+
+class _NotKept(Exception):
+    """A result the cache must not keep (it has failed windows), carried out of the cache's producer."""
+
+    def __init__(self, report: JobReport):
+        super().__init__("not kept")
+        self.report = report
 
 
 class LipsyncPipeline:
@@ -66,24 +76,27 @@ class LipsyncPipeline:
         denoiser: runs windows (`latentsync.denoise.denoise_windows` or the same signature).
         windows_per_batch: windows per U-Net call (the same output as one at a time); None: 1 on
             the CPU, on CUDA what fits (`latentsync.device.auto_windows_per_batch`).
-        compile_unet: `torch.compile` the U-Net (one graph for full steps, one for DeepCache's
-            shallow steps; shapes settle after the first windows).
+        compile_unet: `torch.compile` the U-Net for full windows in batches of `windows_per_batch`
+            (`latentsync.compiled_unet`; `self_test` makes its graphs); `compile_backend` is
+            torch.compile's backend.
         max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
             headers declare (a service's limit); None takes any length.
+        model_lock: the lock that keeps one batch at a time on the device (versions share one).
     """
 
     def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
                  sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
                  denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False,
-                 max_duration_s: float | None = None):
-        self.unet, self.vae, self.scheduler, self.mask, self.resolution = unet, vae, scheduler, mask, resolution
+                 compile_backend: str = "inductor", max_duration_s: float | None = None, model_lock=None):
+        self.vae, self.scheduler, self.mask, self.resolution = vae, scheduler, mask, resolution
         self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
-        self.version, self.cache, self.denoiser, self.compile_unet = version, cache, denoiser, compile_unet
-        self.max_duration_s = max_duration_s
+        self.version, self.cache, self.denoiser = version, cache, denoiser
+        self.compile_unet, self.compile_backend, self.max_duration_s = compile_unet, compile_backend, max_duration_s
         self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
-        if compile_unet:
-            unet.compile(fullgraph=True)
-        self.model_lock = threading.Lock()  # one batch at a time: the scheduler keeps per-batch state
+        self.unet = CompiledUNet(unet, self.windows_per_batch, compile_backend) if compile_unet else unet
+        # One batch at a time on the device, whichever version: the scheduler keeps per-batch state,
+        # and versions share the VAE.
+        self.model_lock = model_lock or threading.Lock()
 
     @classmethod
     def from_files(cls, files, device=None, face_detector="auto", unet=None, sync_scorer=None, precision=None, **settings) -> "LipsyncPipeline":
@@ -111,17 +124,30 @@ class LipsyncPipeline:
         return LipsyncPipeline(
             unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
             files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
-            compile_unet=self.compile_unet, max_duration_s=self.max_duration_s,
+            compile_unet=self.compile_unet, compile_backend=self.compile_backend, max_duration_s=self.max_duration_s, model_lock=self.model_lock,
         )
 
-    def warm_up(self) -> None:
-        """Run the model once on a batch of blank windows, DeepCache on, so that compiling the
-        U-Net (and CUDA's first-call set-up) happens now rather than in the first job."""
-        audio = frame_chunks(self.audio_encoder.features(np.zeros(AUDIO_SAMPLE_RATE, np.float32)), 0, FRAMES_PER_WINDOW)
-        faces = torch.zeros(self.windows_per_batch, FRAMES_PER_WINDOW, 3, self.resolution, self.resolution, dtype=torch.uint8)
-        with self.model_lock:
-            self.denoiser(self.unet, self.vae, self.scheduler, faces, audio.expand(self.windows_per_batch, -1, -1, -1), self.mask,
-                          num_inference_steps=DEEPCACHE_INTERVAL + 1, enable_deepcache=True, generator=torch.Generator().manual_seed(0))
+    def self_test(self) -> None:
+        """Prove the device and the models before any job: make the compiled U-Net's graphs (when
+        compiling), then run one window of random faces, 2 steps with DeepCache on (a full and a
+        shallow step), and check what comes out. Raises `ModelError` naming the device."""
+        device, dtype = unet_device_dtype(self.unet)
+        rng = torch.Generator().manual_seed(0)
+        faces = torch.randint(0, 256, (1, FRAMES_PER_WINDOW, 3, self.resolution, self.resolution), generator=rng, dtype=torch.uint8)
+        audio = frame_chunks(self.audio_encoder.features(np.zeros(AUDIO_SAMPLE_RATE, np.float32)), 0, FRAMES_PER_WINDOW)[None]
+        try:
+            with self.model_lock:
+                if isinstance(self.unet, CompiledUNet):
+                    self.unet.warm_up(self.resolution // 8)
+                out = self.denoiser(self.unet, self.vae, self.scheduler, to_device(faces, device), to_device(audio, device, dtype), self.mask,
+                                    num_inference_steps=2, enable_deepcache=True, generator=rng)
+            if tuple(out.shape) != tuple(faces.shape):
+                raise ValueError(f"it returned faces of shape {tuple(out.shape)} for {tuple(faces.shape)}")
+            if not torch.isfinite(out).all():
+                raise FloatingPointError("it returned non-finite faces")
+        except Exception as error:
+            raise ModelError(f"The model self-test (one window, version {self.version}) failed on {describe_device(device, dtype)}: "
+                             f"{type(error).__name__}: {error}") from error
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
                  progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LipsyncResult:
@@ -141,12 +167,20 @@ class LipsyncPipeline:
         return LipsyncResult(output_path, report, report_path)
 
     def _run_cached(self, run, video_path, audio_path, options, output_path) -> JobReport:
-        """`run` the job into the result cache (unless it holds the result already), then copy it out."""
+        """`run` the job into the result cache (unless it holds the result already), then copy it
+        out. A result with failed windows is handed over once and not kept: a repeat runs again."""
 
         def produce(folder: Path) -> None:
-            write_json_atomically(folder / "report.json", run(folder / "output.mp4").to_dict())
+            report = run(folder / "output.mp4")
+            if report.failed_windows:
+                place(folder / "output.mp4", output_path)
+                raise _NotKept(report)
+            write_json_atomically(folder / "report.json", report.to_dict())
 
-        cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.version), produce)
+        try:
+            cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.version), produce)
+        except _NotKept as degraded:
+            return degraded.report
         place(cached.dir / "output.mp4", output_path)
         report = JobReport.from_dict(json.loads((cached.dir / "report.json").read_text()))
         report.cache = "hit" if cached.hit else "miss"

@@ -219,7 +219,7 @@ def plan_job(
         speaker: the speaker's face tracks (`face.track.choose_speaker`).
         audio_duration_s: length of the audio.
         pauses: (start, end) seconds where the audio pauses (`audio.silent_spans`); used when
-            `options.skip_silence`.
+            `options.skip_silence`. Their `detector`, if they have one, labels the silence spans.
         fps: the output frame rate (`output_fps`).
         options: the job's options (length mode, yaw limit, silence).
         resolution: the model's face size, for the alignment template.
@@ -239,7 +239,8 @@ def plan_job(
     actions = frame_actions(timeline, silent, detections, face_at, usable)
     # In remap mode consecutive output frames may step over source frames without a cut.
     step = math.ceil(len(detections) / len(timeline)) if LengthMode(options.length_mode) is LengthMode.REMAP else 1
-    spans = split_at(spans_from_actions(actions), cut_points(timeline.source_frames, track_at, step))
+    spans = label_pauses(spans_from_actions(actions), silent, getattr(pauses, "detector", None))
+    spans = split_at(spans, cut_points(timeline.source_frames, track_at, step))
     spans = limit_span_length(absorb_short_generated_spans(spans, MIN_GENERATED_FRAMES))
     return Plan(fps, timeline.source_frames, spans, speaker_affines(speaker, resolution))
 
@@ -251,6 +252,15 @@ def silent_frames(count: int, pauses: list[tuple[float, float]], fps: float) -> 
     for start_s, end_s in pauses:
         silent |= (centres >= start_s) & (centres < end_s)
     return silent
+
+
+def label_pauses(spans: list[Span], silent: np.ndarray, detector: str | None) -> list[Span]:
+    """Name the detector in the details of each silence span that holds a detected pause (not
+    only frames past the audio's end)."""
+    for span in spans:
+        if detector and span.action is Action.SILENCE and silent[span.start : span.end].any():
+            span.details["detector"] = detector
+    return spans
 
 
 def frame_actions(timeline: Timeline, silent: np.ndarray, detections: list[list], face_at: dict, usable: set) -> list[Action]:

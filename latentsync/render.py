@@ -32,7 +32,7 @@ from .media.probe import MediaInfo
 from .options import LipsyncOptions
 from .planner import BLEND_FRAMES, Action, Plan, Span, blend_weight, windows_for
 from .progress import ProgressCallback, notify, raise_if_cancelled
-from .windows import JobWindows, SpanCrops, WindowResult, hand_over
+from .windows import WAIT_S, JobWindows, ModelError, SpanCrops, WindowResult, hand_over
 
 WINDOWS_AHEAD = 4  # how far the worker may run ahead of the writer
 LOW_SYNC_GUIDANCE_STEP = 0.5  # a span regenerated for low sync confidence gets this much more guidance
@@ -54,6 +54,7 @@ class RenderResult:
     outcomes: list[SpanOutcome]  # one per planned generated span, in order
     windows: int  # windows denoised, regenerations included
     unet_window_steps: int
+    failed_windows: int  # windows that kept their original frames: out of memory even with every memory saver
 
 
 class Models(Protocol):
@@ -85,22 +86,28 @@ class Renderer:
         self._windows_settled = 0  # windows of the spans the writer has finished
         self._results = queue.Queue(maxsize=WINDOWS_AHEAD)
         self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
 
     def run(self, video_path, audio_path, output_path, info: MediaInfo, work_dir) -> RenderResult:
         """Write the lip-synced video to `output_path` (it appears only when complete)."""
         spans_frames = [k for span in self.plan.generated_spans for k in range(span.start, span.end)]
-        crops = SpanCrops(self.plan, lambda: frames_in_order(video_path, self.plan.fps, self.plan.source_frames[spans_frames], info=info), self.models.resolution)
+        crops = SpanCrops(self.plan, lambda: frames_in_order(video_path, self.plan.fps, self.plan.source_frames[spans_frames], info=info),
+                          self.models.resolution, self.cancel)
         self.windows = JobWindows(self.models, self.plan, self.options, self.audio_features, crops, self.cancel)
-        worker = threading.Thread(target=self._generate, daemon=True)
-        worker.start()
+        self._worker = threading.Thread(target=self._generate, daemon=True)
+        self._worker.start()
         try:
             writer = VideoWriter(output_path, info.width, info.height, self.plan.fps, audio_path=audio_path, crf=self.options.crf, work_dir=work_dir)
             with writer, closing(frames_in_order(video_path, self.plan.fps, self.plan.source_frames, info=info)) as frames:
                 outcomes = self._compose(frames, writer)
+                if self.windows.windows_failed and not self.windows.windows_denoised:
+                    raise ModelError(f"Every window of the job ran out of GPU memory ({self.windows.windows_failed}), even with split "
+                                     "guidance passes and frame-by-frame VAE decoding; nothing was lip-synced.")
         finally:
             self._stop.set()
-            worker.join()
-        return RenderResult(outcomes, self.windows.windows_denoised, self.windows.unet_window_steps)
+            crops.close()
+            self._worker.join()
+        return RenderResult(outcomes, self.windows.windows_denoised, self.windows.unet_window_steps, self.windows.windows_failed)
 
     # ---- the calling thread: compose and encode -------------------------------------------------
 
@@ -143,8 +150,10 @@ class Renderer:
         while True:
             raise_if_cancelled(self.cancel)
             try:
-                item = self._results.get(timeout=0.2)
+                item = self._results.get(timeout=WAIT_S)
             except queue.Empty:
+                if not self._worker.is_alive() and self._results.empty():
+                    raise RuntimeError("The denoising worker ended without handing over its windows.")
                 continue
             if isinstance(item, BaseException):
                 raise item

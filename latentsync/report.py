@@ -31,6 +31,7 @@ class ReportSpan:
     sync_confidence_before: float | None = None  # the score before it was regenerated
     regenerated_with_guidance: float | None = None
     reason: str | None = None  # why a span was passed through
+    detector: str | None = None  # what found the pause of a silence span, e.g. "silero-vad 6.2.3"
 
     def to_dict(self) -> dict:
         return {name: value for name, value in asdict(self).items() if value is not None or name == "sync_confidence"}
@@ -51,6 +52,7 @@ class JobReport:
     unet_window_steps_every_frame: int  # ... had every frame been regenerated once
     options: dict
     timings: dict  # seconds per stage
+    failed_windows: int = 0  # windows that kept their original frames (out of GPU memory even with every memory saver)
     cache: str | None = None  # "hit" or "miss" when a result cache answered
 
     def to_dict(self) -> dict:
@@ -86,6 +88,7 @@ def build_report(plan: Plan, rendered: RenderResult, options: LipsyncOptions, ve
         unet_window_steps_every_frame=math.ceil(total / FRAMES_PER_WINDOW) * options.num_inference_steps,
         options=json.loads(json.dumps(asdict(options))),  # tuples as lists, as the JSON has them
         timings={stage: round(seconds, 3) for stage, seconds in timings.items()},
+        failed_windows=rendered.failed_windows,
     )
 
 
@@ -93,7 +96,7 @@ def span_entries(span: Span, outcome: SpanOutcome | None, fps: float) -> list[Re
     """Report rows for a planned span; windows that failed inside a generated span get rows of
     their own (passed through, with the error)."""
     action = (outcome.action if outcome else span.action).value
-    details = outcome.details if outcome else {}
+    details = outcome.details if outcome else span.details
     pieces, cursor = [], span.start
     for window in outcome.failed_windows if outcome else []:
         if window.frames.start > cursor:

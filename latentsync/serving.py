@@ -1,17 +1,23 @@
 """What the servers (the Cog predictor and the web app) share: the models, loaded once per
-version, with the load's timings and memory logged."""
+version, each proven on the device before it serves, with the load's timings and memory logged."""
 
 import logging
+import os
 import threading
 import time
 
-from .cache import ResultCache
-from .config import DEFAULT_VERSION, MAX_DURATION_S, compile_requested
-from .denoise import load_unet
-from .device import default_device, model_dtype, peak_rss_gb
-from .logs import native_stderr_captured, warm_up
-from .pipeline import LipsyncPipeline
-from .weights import ensure_weights, load_manifest
+# Freed blocks of varying sizes (windows of every length, memory-recovery passes) are given back
+# to CUDA instead of fragmenting the cache; the user's own setting wins. Read when CUDA starts.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+from .cache import ResultCache  # noqa: E402 (after the allocator setting)
+from .config import DEFAULT_VERSION, MAX_DURATION_S, allow_cpu, compile_requested  # noqa: E402
+from .denoise import load_unet  # noqa: E402
+from .device import default_device, describe_device, device_works, model_dtype, peak_rss_gb, require_gpu_unless_allowed  # noqa: E402
+from .logs import native_stderr_captured, warm_up  # noqa: E402
+from .pipeline import LipsyncPipeline, LipsyncResult  # noqa: E402
+from .weights import ensure_weights, load_manifest  # noqa: E402
+from .windows import ModelError  # noqa: E402
 
 logger = logging.getLogger("latentsync")
 
@@ -19,12 +25,15 @@ logger = logging.getLogger("latentsync")
 class ModelVersions:
     """A server's pipelines, one per model version. `version` is loaded at start (weights fetched
     as the manifest lists them); another version loads on first use only its U-Net and mask,
-    sharing the VAE, Whisper, face detector, sync scorer and result cache."""
+    sharing the VAE, Whisper, face detector, sync scorer and result cache. Each version runs one
+    real window before it serves (`LipsyncPipeline.self_test`), so a broken device, driver or
+    checkpoint fails here, not in a user's job."""
 
     def __init__(self, version: str = DEFAULT_VERSION, cache: ResultCache | None = None):
         started = time.perf_counter()
         self.manifest = load_manifest()
         self.device = default_device()
+        require_gpu_unless_allowed(self.device, allow_cpu())
         self.dtype = model_dtype(self.device)
         self.default_version = version
         files = ensure_weights(version, manifest=self.manifest)
@@ -33,20 +42,46 @@ class ModelVersions:
             # The service's length limit holds for what is decoded too, not just what headers declare.
             pipeline = LipsyncPipeline.from_files(files, device=self.device, cache=cache, compile_unet=compile_requested(), max_duration_s=MAX_DURATION_S)
             warm_up(pipeline.face_detector)
-        if pipeline.compile_unet:
-            pipeline.warm_up()  # compile now, not in the first job
+        loaded = time.perf_counter()
+        pipeline.self_test()
         self._pipelines = {version: pipeline}
         self._loading = threading.Lock()
+        self.failed_state: str | None = None  # set when the device stopped working: the server is unhealthy
         logger.info(
-            "setup: weights ready in %.1f s, models loaded in %.1f s on %s (%s), peak memory %.2f GB",
-            fetched - started, time.perf_counter() - fetched, self.device, self.dtype, peak_rss_gb(),
+            "setup: weights ready in %.1f s, models loaded in %.1f s and tested in %.1f s on %s%s, peak memory %.2f GB",
+            fetched - started, loaded - fetched, time.perf_counter() - loaded, describe_device(self.device, self.dtype),
+            ", U-Net compiled" if pipeline.compile_unet else "", peak_rss_gb(),
         )
 
+    def run(self, version: str, *args, **kwargs) -> LipsyncResult:
+        """A job on `version`'s pipeline (arguments as `LipsyncPipeline.__call__`).
+
+        After a model error the device is checked: a GPU left unusable (a sticky CUDA error fails
+        every later call of the process) marks the server unhealthy (`healthy()`, which Cog's
+        health check reports, so the orchestrator replaces it), and later jobs fail at once with
+        that sentence instead of failing on the device one after another.
+        """
+        if self.failed_state:
+            raise ModelError(self.failed_state)
+        pipeline = self.get(version)
+        try:
+            return pipeline(*args, **kwargs)
+        except ModelError:
+            if not device_works(self.device):
+                self.failed_state = (f"The GPU ({describe_device(self.device, self.dtype)}) stopped working after a model error; "
+                                     "this server must be restarted.")
+                logger.error(self.failed_state)
+            raise
+
+    def healthy(self) -> bool:
+        return self.failed_state is None
+
     def get(self, version: str) -> LipsyncPipeline:
-        """The pipeline of `version`, loading it first if needed."""
+        """The pipeline of `version`, loading (and testing) it first if needed."""
         with self._loading:
             if version not in self._pipelines:
                 files = ensure_weights(version, manifest=self.manifest)
-                loaded = self._pipelines[self.default_version]
-                self._pipelines[version] = loaded.for_version(files, load_unet(files, self.device, self.dtype))
+                loaded = self._pipelines[self.default_version].for_version(files, load_unet(files, self.device, self.dtype))
+                loaded.self_test()
+                self._pipelines[version] = loaded
             return self._pipelines[version]

@@ -88,6 +88,37 @@ def cold_setup() -> dict:
     return {"seconds": round(time.perf_counter() - tick, 1), "checkpoint_gb": round(checkpoint.stat().st_size / 1e9, 2), "note": "full-size U-Net; VAE and Whisper are the tiny test models"}
 
 
+def voice_activity() -> dict:
+    """silero-vad on 10 minutes of speech (demo2 repeated; best of 3 runs, one thread), and the
+    share of each gap that is a pause in the test corpus's mixes of demo2 (the worst of three
+    places), and of the speech."""
+    import numpy as np
+
+    from latentsync.audio import pause_detector, silent_spans
+    from latentsync.config import AUDIO_SAMPLE_RATE
+    from latentsync.media.decode import load_audio
+    from tests.test_voice_activity import GAP_KINDS, GAP_POSITIONS, GAP_S, gap_mix, paused, speech_share_paused
+
+    speech = load_audio(SHARED_ASSETS / "demo2_audio.wav")
+    audio = np.resize(speech, 600 * AUDIO_SAMPLE_RATE)
+    silent_spans(audio[:AUDIO_SAMPLE_RATE])  # loads the model
+    seconds = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        silent_spans(audio)
+        seconds.append(time.perf_counter() - tick)
+    shares = {}
+    for kind in GAP_KINDS:
+        gap_paused, speech_paused = [], []
+        for position in GAP_POSITIONS:
+            samples, gap, regions = gap_mix(speech, kind, position)
+            pauses = silent_spans(samples)
+            gap_paused.append(paused(pauses, *gap) / GAP_S)
+            speech_paused.append(speech_share_paused(pauses, regions))
+        shares[kind] = {"gap_paused": round(min(gap_paused), 3), "speech_paused": round(max(speech_paused), 4)}
+    return {"detector": pause_detector(), "seconds_10_min": round(min(seconds), 2), "seconds_per_minute": round(min(seconds) / 10, 3), "demo2_mixes": shares}
+
+
 def markdown(results: dict) -> str:
     lines = ["| measurement | figure |", "| --- | --- |"]
     stages = results.get("stages", {})
@@ -119,6 +150,11 @@ def markdown(results: dict) -> str:
             f"| U-Net window-steps avoided (pause + cut-away spliced into the demos) | {100 * work['window_steps_avoided']:.0f}% "
             f"({work['unet_window_steps']} of {work['unet_window_steps_every_frame']}; frames {work['frames_by_action']}) |"
         )
+    vad = results.get("vad")
+    if vad:
+        lines.append(f"| voice activity ({vad['detector']}, ONNX, one thread), 10 min of speech | {vad['seconds_10_min']} s ({vad['seconds_per_minute']} s per minute of audio) |")
+        for kind, share in vad["demo2_mixes"].items():
+            lines.append(f"| pause found in a 3 s gap of {kind} cut into demo2 (worst of 3 places) / speech called a pause | {100 * share['gap_paused']:.0f}% / {100 * share['speech_paused']:.1f}% |")
     setup = results.get("setup")
     if setup:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
@@ -135,21 +171,29 @@ def markdown(results: dict) -> str:
 
 
 def gpu_rows(gpu: dict) -> list[str]:
-    """The GPU table's rows: per version and execution model, DeepCache off and on."""
-    lines = [f"| dense fp16 GEMM, {gpu['device']} (this run) | {gpu['dense_fp16_gemm_tflops']} TFLOP/s |"]
-    for version in ("1.5", "1.6"):
-        for name, row in gpu.get(version, {}).items():
+    """The GPU table's rows (scripts/benchmark_gpu.py's figures): per version and execution model,
+    DeepCache off and on; then the whole job. A section that failed shows its error."""
+    lines = [f"| dense fp16 GEMM, {gpu.get('device')} (this run) | {gpu.get('gemm', {}).get('tflops')} TFLOP/s |"]
+    for version in gpu.get("versions", []):
+        rows = gpu.get(version, {})
+        if "error" in rows:
+            lines.append(f"| {version}: not measured | {rows['error']} |")
+            continue
+        for name, row in rows.items():
             if isinstance(row, dict):
+                share = f" ({100 * row['unet_share_of_dense_rate']:.0f}% of dense)" if row.get("unet_share_of_dense_rate") is not None else ""
                 lines.append(
-                    f"| {version}, {name}, {gpu['steps']} steps, {row['windows_per_call']} window(s) per call | {row['seconds_per_window_step']} s per window-step, "
-                    f"{row['gpu_seconds_per_output_second']} GPU s per output s, {row['achieved_tflops']} TFLOP/s "
-                    f"({100 * row['utilisation_of_dense_rate']:.0f}% of dense), peak VRAM {row['peak_vram_gb']} GB |"
+                    f"| {version}, {name}, {gpu['steps']} steps, {row['windows_per_call']} window(s) per call | {row['seconds_per_window']} s per window, "
+                    f"{row['gpu_seconds_per_output_second']} GPU s per output s (VAE {100 * row['vae_share_of_window']:.0f}%), "
+                    f"U-Net {row['unet_tflops']} TFLOP/s{share}, peak VRAM {row['peak_vram_gb']} GB |"
                 )
-        if version in gpu:
-            lines.append(f"| {version}, ours / official (DeepCache on) | {gpu[version]['ours_over_official_deepcache_on']}x the GPU seconds |")
-    job = gpu.get("whole_job_60s_1.6")
-    if job:
-        lines.append(f"| 1.6 whole job, 60 s clip | {job['wall_s']} s: {job['whole_job_over_unet']}x its U-Net time, {job['whole_job_over_model']}x its model time; analysis (decode + detection) {100 * job['analysis_share']:.0f}% |")
+        lines.append(f"| {version}, best of ours / official (DeepCache on) | {rows['best_ours_over_official_deepcache_on']}x the GPU seconds (compiling took {rows['compile_s']} s) |")
+    job = gpu.get("job", {})
+    if "error" in job:
+        lines.append(f"| 1.6 whole job: not measured | {job['error']} |")
+    elif job:
+        lines.append(f"| 1.6 whole job, {job['clip_s']} s clip ({job['detector']}) | {job['wall_s']} s: {job['whole_job_over_model']}x its model time "
+                     f"(U-Net {job['unet_s']} s, VAE {job['vae_s']} s); analysis (decode + detection) {100 * job['analysis_share']:.0f}% |")
     return lines
 
 
@@ -179,7 +223,7 @@ def plots(results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "setup"], choices=["stages", "memory", "unet", "work", "setup", "gpu"])
+    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "vad", "setup"], choices=["stages", "memory", "unet", "work", "vad", "setup", "gpu"])
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     path = OUT / "benchmark.json"
@@ -198,10 +242,15 @@ def main(argv=None) -> int:
             )
         elif section == "work":
             results["work"] = work_avoided()
+        elif section == "vad":
+            results["vad"] = voice_activity()
         elif section == "setup":
             results["setup"] = cold_setup()
         elif section == "gpu" and torch.cuda.is_available():
-            results["gpu"] = run_json("scripts.benchmark_gpu")
+            # Not run_json: a failed section is reported in the figures while the others stand.
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                subprocess.run([sys.executable, "-m", "scripts.benchmark_gpu", "--json", out.name], cwd=REPO_ROOT)
+                results["gpu"] = json.loads(Path(out.name).read_text())
     results["machine"] = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     path.write_text(json.dumps(results, indent=2))
     (OUT / "benchmark.md").write_text(markdown(results))

@@ -13,7 +13,13 @@ import pytest
 
 from latentsync.config import REPO_ROOT
 from tests.cog_server import free_port
+from tests.faults import FAULT_FILE_VARIABLE
 from tests.http_fixtures import FileServer, tiny_weights_manifest
+
+
+# `python -m latentsync.app`, with `tests.faults` installed: its U-Net raises a CUDA error while
+# the file `folder`/fault exists.
+RUN_APP_WITH_FAULTS = "import runpy, tests.faults; tests.faults.install(); runpy.run_module('latentsync.app', run_name='__main__', alter_sys=True)"
 
 
 def app_process(folder: Path, weights_url: str, port: int, version: str = "1.6", **popen) -> subprocess.Popen:
@@ -24,8 +30,9 @@ def app_process(folder: Path, weights_url: str, port: int, version: str = "1.6",
         "LATENTSYNC_WEIGHTS_MANIFEST": str(tiny_weights_manifest(folder, weights_url)),
         "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
         "GRADIO_TEMP_DIR": str(folder / "gradio"),
+        FAULT_FILE_VARIABLE: str(folder / "fault"),
     }
-    command = [sys.executable, "-m", "latentsync.app", "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data")]
+    command = [sys.executable, "-c", RUN_APP_WITH_FAULTS, "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data")]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, **popen)
 
 

@@ -1,5 +1,5 @@
-"""Cog's real HTTP server running predict.py, with tiny weights from a local file server: one, or a
-fleet of several that tests can kill (a preempted GPU)."""
+"""Cog's real HTTP server running predict.py, with tiny weights from a local file server: one, or
+several that tests can kill (a preempted GPU)."""
 
 import base64
 import contextlib
@@ -40,12 +40,8 @@ class CogServer:
     client: httpx.Client
 
     def predictions(self) -> list[str]:
-        """The ids of the predictions it started, from its log (Cog logs JSON lines)."""
-        ids = []
-        for line in (self.folder / "server.log").read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"Starting prediction"' in line:
-                ids.append(json.loads(line)["fields"]["prediction_id"])
-        return ids
+        """The ids of the predictions it started, from its log."""
+        return predictions_in(self.folder / "server.log")
 
     def kill(self) -> None:
         """SIGKILL the server and its worker at once, as a preempted machine."""
@@ -63,19 +59,32 @@ class CogServer:
         self.client.close()
 
 
-def _start(folder: Path, manifest: Path, args: list[str], env_extra: dict) -> CogServer:
-    port = free_port()
-    env = {
+def predictions_in(log: Path) -> list[str]:
+    """The ids of the predictions a Cog server started, from its log (Cog logs JSON lines)."""
+    ids = []
+    for line in Path(log).read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"Starting prediction"' in line:
+            ids.append(json.loads(line)["fields"]["prediction_id"])
+    return ids
+
+
+def cog_env(folder: Path, manifest: Path) -> dict:
+    """The environment Cog's server runs predict.py in, with the weights of `manifest` kept in
+    folder/weights (a worker that starts Cog passes it on)."""
+    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-        "PORT": str(port),
         "LATENTSYNC_WEIGHTS_MANIFEST": str(manifest),
         "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
         "TMPDIR": str(folder / "tmp"),
-        **env_extra,
     }
-    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+
+
+def _start(folder: Path, manifest: Path, args: list[str], env_extra: dict) -> CogServer:
+    port = free_port()
+    env = {**cog_env(folder, manifest), "PORT": str(port), **env_extra}
     with open(folder / "server.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args], cwd=REPO_ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -17,6 +17,7 @@ from latentsync.timeline import DPI, FIGURE_SIZE
 from latentsync.validation import check_inputs
 from tests.app_server import app_process
 from tests.cog_server import free_port
+from tests.faults import CUDA_ERROR
 from tests.http_fixtures import FileServer
 from tests.media import ffmpeg, small_clip, speech
 
@@ -119,6 +120,22 @@ def test_a_bad_request_gets_the_services_message_and_the_app_keeps_serving(app, 
     assert _without_paths(str(error.value)) == _without_paths(expected)  # ffprobe's detail names the file where it lies
     _, report, _ = client.predict(handle_file(str(media[0])), handle_file(str(media[1])), seed=7, api_name="/lipsync")
     assert report["cache"] == "hit"  # still serving
+
+
+def test_a_device_error_fails_the_job_with_its_sentence_and_leaves_nothing(app, media, first_job):
+    url, folder = app
+    video, audio, _ = media
+    client = Client(url, verbose=False)
+    (folder / "fault").touch()  # the app's U-Net now raises a CUDA error (tests.faults)
+    try:
+        with pytest.raises(AppError) as error:
+            client.predict(handle_file(str(video)), handle_file(str(audio)), seed=21, api_name="/lipsync")
+    finally:
+        (folder / "fault").unlink()
+    assert str(error.value) == f"The model failed on the CPU while denoising 0.00-0.64 s: RuntimeError: {CUDA_ERROR}"
+    assert not list((folder / "data" / "results").glob(".*.partial"))
+    _, report, _ = client.predict(handle_file(str(video)), handle_file(str(audio)), seed=21, api_name="/lipsync")
+    assert report["cache"] == "miss" and report["frames_generated"] > 0  # the failure was not cached; still serving
 
 
 def test_two_clients_queue_and_both_get_their_results(app, media):

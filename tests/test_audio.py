@@ -1,6 +1,6 @@
-"""Whisper features against the official reference, long-audio windows, and voice
-activity. Everything runs on the real files with the real ffmpeg, Whisper and webrtcvad packages;
-the Whisper checkpoint is the random-weight tiny one the official reference was made with."""
+"""Whisper features against the official reference, and long-audio windows (voice activity is
+in test_voice_activity.py). Everything runs on the real files with the real ffmpeg and Whisper
+package; the Whisper checkpoint is the random-weight tiny one the official reference was made with."""
 
 import numpy as np
 import pytest
@@ -13,8 +13,6 @@ from latentsync.audio import (
     frame_chunks,
     log_mel,
     num_frames,
-    silent_spans,
-    voice_activity,
 )
 from latentsync.config import AUDIO_SAMPLE_RATE as SR
 from latentsync.media.decode import load_audio
@@ -255,83 +253,3 @@ def test_encoder_input_errors_are_clear(whisper_path, tmp_path):
         encoder.features(np.zeros((2, SR), np.float32))
     with pytest.raises(AudioError, match="too short"):
         encoder.features(np.zeros(100, np.float32))
-
-
-# ---- voice activity -----------------------------------------------------------------------------
-
-
-def frame_levels_db(samples: np.ndarray) -> np.ndarray:
-    frames = samples[: len(samples) // 480 * 480].reshape(-1, 480).astype(np.float64)
-    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
-
-
-def assert_spans_are_real_pauses(samples, spans):
-    """No clearly audible 30 ms frame (louder than -30 dBFS; the speech is at -20 dBFS) lies even
-    partly inside a silent span, and most frames inside are quieter than -40 dBFS."""
-    levels = frame_levels_db(samples)
-    starts = np.arange(len(levels)) * 0.03
-    for start, end in spans:
-        touching = (starts + 0.03 > start) & (starts < end)
-        assert levels[touching].max() < -30 and np.median(levels[touching]) < -40, (start, end)
-
-
-def test_voice_activity_flags_speech_per_frame(demo1):
-    speech = voice_activity(demo1)
-    assert len(speech) == len(demo1) // 480
-    assert not speech[:12].any()  # the demo opens with 0.36 s of digital silence
-    assert speech.mean() > 0.8
-    assert len(voice_activity(demo1, frame_ms=10)) == len(demo1) // 160
-    with pytest.raises(ValueError, match="frame_ms must be 10, 20 or 30"):
-        voice_activity(demo1, frame_ms=25)
-
-
-def test_speech_alone_has_only_its_real_pauses(demo1, demo2):
-    # demo1 opens with 0.45 s of near-silence and pauses for 0.36 s at 6.85 s; its other pauses
-    # between words are under 0.3 s. demo2 pauses for 0.75 s at 16.2 s.
-    assert np.allclose(silent_spans(demo1), [(0.0, 0.39), (6.9, 7.17)], atol=0.05)
-    assert np.allclose(silent_spans(demo2), [(16.3, 16.95)], atol=0.1)
-    assert_spans_are_real_pauses(demo1, silent_spans(demo1))
-    assert_spans_are_real_pauses(demo2, silent_spans(demo2))
-
-
-@pytest.mark.parametrize("noise_dbfs", [None, -60, -50])  # digital silence, low room noise
-def test_inserted_pauses_are_found_at_the_right_times(demo1, noise_dbfs):
-    rng = np.random.default_rng(0)
-    for at in (1.5, 2.5, 5.5, 8.0):  # mid-sentence
-        pause = np.zeros(int(1.5 * SR), np.float32)
-        if noise_dbfs is not None:
-            pause = (rng.standard_normal(len(pause)) * 10 ** (noise_dbfs / 20)).astype(np.float32)
-        audio = np.concatenate([demo1[: int(at * SR)], pause, demo1[int(at * SR) :]])
-        spans = silent_spans(audio)
-        inserted = [(start, end) for start, end in spans if end > at and start < at + 1.5]
-        assert len(inserted) == 1, (at, spans)
-        start, end = inserted[0]
-        assert start == pytest.approx(at, abs=0.1) and end == pytest.approx(at + 1.5, abs=0.1), (at, spans)
-        assert_spans_are_real_pauses(audio, spans)
-
-
-def test_a_click_inside_a_pause_does_not_split_it(demo1):
-    pause = np.zeros(int(1.5 * SR), np.float32)
-    pause[int(0.7 * SR) : int(0.7 * SR) + 480] = demo1[2 * SR : 2 * SR + 480]  # 30 ms of speech at 3.2 s
-    audio = np.concatenate([demo1[: int(2.5 * SR)], pause, demo1[int(2.5 * SR) :]])
-    assert voice_activity(audio)[105:109].any()  # webrtcvad hears it
-    in_pause = [(start, end) for start, end in silent_spans(audio) if end > 2.5 and start < 4.0]
-    assert in_pause == [(pytest.approx(2.5, abs=0.1), pytest.approx(4.0, abs=0.1))]
-
-
-def test_short_dropouts_inside_speech_are_not_pauses(demo1, demo2):
-    for speech in (demo1, demo2):
-        raw = voice_activity(speech)
-        edges = np.flatnonzero(np.diff(raw.astype(np.int8))) + 1
-        runs = zip(edges[:-1], edges[1:])  # the runs between two changes: bounded on both sides
-        dropouts = [(a * 0.03, b * 0.03) for a, b in runs if not raw[a] and b - a < 5]  # < 0.15 s
-        assert len(dropouts) >= 2  # webrtcvad does drop out inside words
-        spans = silent_spans(speech, min_silence_s=0.01)  # even when asking for the shortest pauses
-        for a, b in dropouts:
-            assert not any(start < b and end > a for start, end in spans), ((a, b), spans)
-        assert_spans_are_real_pauses(speech, spans)
-
-
-def test_silence_alone_is_one_span():
-    assert silent_spans(np.zeros(2 * SR, np.float32)) == [(0.0, 2.0)]
-    assert silent_spans(np.zeros(100, np.float32)) == []

@@ -1,5 +1,5 @@
-"""Batches: reading the CSV, and the batch command against the fake Replicate API (the fleet's
-batch is in test_fleet.py)."""
+"""Batches: reading the CSV, and the batch command against the fake Replicate API (the self-hosted
+queue's batch is in test_worker.py and test_queue.py)."""
 
 import csv
 import json

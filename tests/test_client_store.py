@@ -32,7 +32,8 @@ def test_live_jobs_are_kept_and_abandoned_ones_claimed_again():
     assert not is_live(Job("k", status="claimed", heartbeat_at=now - TTL * 2), now, TTL)
     assert not is_live(Job("k", status="uncertain", heartbeat_at=0.0), now, TTL)  # let go: look for it at once
     assert is_live(Job("k", prediction_id="p", status="processing", heartbeat_at=0.0), now, TTL)  # Replicate holds it
-    assert not is_live(Job("k", prediction_id="k", status="processing", server="http://gpu1", heartbeat_at=now - 2 * TTL), now, TTL)
+    assert is_live(Job("k", prediction_id="k", status="queued", heartbeat_at=0.0), now, TTL)  # the self-hosted queue holds it
+    assert is_live(Job("k", prediction_id="k", status="processing", server="gpu-1", heartbeat_at=now - 2 * TTL), now, TTL)
 
 
 def test_a_take_over_keeps_what_the_previous_owner_started():
@@ -40,10 +41,7 @@ def test_a_take_over_keeps_what_the_previous_owner_started():
     assert (fresh.status, fresh.owner, fresh.input, fresh.heartbeat_at) == ("claimed", "t1", {"seed": 1}, 5.0)
     taken = claimed(fresh, "k", "t2", {"seed": 2}, 9.0)
     assert (taken.status, taken.owner, taken.input) == ("uncertain", "t2", {"seed": 1})  # it may have been created
-    running = Job("k", "k", "processing", {"seed": 1}, server="http://gpu1", attempt="a1", attempts=1, owner="t1")
-    resumed = claimed(running, "k", "t2", {"seed": 1}, 9.0)
-    assert (resumed.status, resumed.server, resumed.attempt, resumed.owner) == ("processing", "http://gpu1", "a1", "t2")
-    again = claimed(Job("k", "p", "failed", {"seed": 1}, error="boom", server="http://gpu1"), "k", "t3", {"seed": 1}, 9.0)
+    again = claimed(Job("k", "p", "failed", {"seed": 1}, error="boom", server="gpu-1"), "k", "t3", {"seed": 1}, 9.0)
     assert (again.status, again.prediction_id, again.error, again.server) == ("claimed", None, None, None)
 
 
@@ -111,19 +109,19 @@ def test_webhook_news_is_recorded_once_with_its_delivery(store_spec):
     assert store.get("key").output_url == "https://out/2.mp4"
 
 
-def test_fleet_news_is_fenced_by_its_dispatch(store_spec):
+def test_a_workers_news_is_fenced_by_its_attempt(store_spec):
     store = open_store(store_spec, claim_ttl_s=TTL)
     store.claim("key", "owner")
-    store.update("key", "owner", prediction_id="key", status="starting", server="http://gpu1", attempt="a1", attempts=1)
+    store.update("key", "owner", prediction_id="key", status="starting", server="gpu-1", attempt="a1", attempts=1, entry="1-0")
     assert store.receive(News("key", "processing"), attempt="a1") == "updated"
-    store.update("key", "owner", status="queued", server=None, attempt=None)  # gpu1 was lost: dispatched again
-    store.update("key", "owner", status="starting", server="http://gpu2", attempt="a2", attempts=2)
-    assert store.receive(News("key", "succeeded", "http://late/gpu1.mp4"), attempt="a1") == "stale"
-    assert store.receive(News("key", "succeeded", "http://gpu2/out.mp4"), attempt="a2") == "updated"
-    assert store.receive(News("key", "succeeded", "http://gpu2/out.mp4"), attempt="a2") == "duplicate"  # Cog's retry
+    store.update("key", "owner", status="queued", server=None, attempt=None)  # gpu-1 was lost: queued again
+    store.update("key", "owner", status="starting", server="gpu-2", attempt="a2", attempts=2)
+    assert store.receive(News("key", "succeeded", "s3://b/outputs/late.mp4"), attempt="a1") == "stale"
+    assert store.receive(News("key", "succeeded", "s3://b/outputs/out.mp4"), attempt="a2") == "updated"
+    assert store.receive(News("key", "succeeded", "s3://b/outputs/out.mp4"), attempt="a2") == "duplicate"  # a repeated report
     assert store.receive(News("unknown", "succeeded"), attempt="a9") == "stale"
     job = store.get("key")
-    assert (job.output_url, job.server, job.attempts) == ("http://gpu2/out.mp4", "http://gpu2", 2)
+    assert (job.output_url, job.server, job.attempts, job.entry) == ("s3://b/outputs/out.mp4", "gpu-2", 2, "1-0")
 
 
 def test_concurrent_claims_from_threads_elect_one_owner(store_spec):
@@ -195,3 +193,21 @@ def test_a_redis_password_never_shows(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_success_with_failed_windows_is_handed_over_but_never_reused(store_spec):
+    """Windows that ran out of GPU memory kept their original frames: the result is the user's,
+    but a repeat of the job runs it again rather than serving it (from the metrics or the report)."""
+    store = open_store(store_spec, claim_ttl_s=TTL)
+    for key, prediction in (
+        ("metrics", {"status": "succeeded", "output": "https://out/x.mp4", "metrics": {"failed_windows": 2}}),
+        ("report", {"status": "succeeded", "output": {"video": "https://out/x.mp4", "report": {"failed_windows": 1}}}),
+    ):
+        store.claim(key, "owner", {"video": "v"})
+        store.update(key, "owner", prediction_id=f"p-{key}", status="processing")
+        done = store.record(key, "owner", news_of({"id": f"p-{key}", **prediction}))
+        assert done.status == "succeeded" and done.output_url == "https://out/x.mp4" and done.degraded and store.get(key).degraded
+        _, fresh = store.claim(key, "another", {"video": "v"})
+        assert fresh  # claimed again: the degraded result is not reused
+    clean = news_of({"id": "p", "status": "succeeded", "output": "https://out/x.mp4", "metrics": {"failed_windows": 0}})
+    assert not clean.degraded

@@ -13,6 +13,7 @@ import yaml
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
 from tests.cog_server import data_uri, running_cog_server
+from tests.faults import CUDA_ERROR, FAULT_FILE_VARIABLE
 from tests.http_fixtures import FileServer
 from tests.media import small_clip, speech
 
@@ -31,8 +32,11 @@ def mirror(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(mirror):
+    """predict.py under Cog's server, with `tests.faults` installed: its U-Net raises a CUDA error
+    while the file `folder`/fault exists (see test_a_device_error_fails_the_prediction_...)."""
     folder, _, base_url = mirror
-    with running_cog_server(folder, LATENTSYNC_WEIGHTS_BASE_URL=base_url) as running:
+    with running_cog_server(folder, LATENTSYNC_WEIGHTS_BASE_URL=base_url, COG_PREDICT_TYPE_STUB="tests/faulty_predictor.py:Predictor",
+                            **{FAULT_FILE_VARIABLE: str(folder / "fault")}) as running:
         yield running
 
 
@@ -117,6 +121,23 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     video, _ = media
     again = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert again["status"] == "succeeded"
+
+
+def test_a_device_error_fails_the_prediction_with_its_sentence_and_the_next_one_succeeds(server, media, mirror):
+    client, _, _ = server
+    fault = mirror[0] / "fault"
+    video, audio = media
+    inputs = dict(video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"))
+    fault.touch()
+    try:
+        body = predict(client, **inputs).json()
+    finally:
+        fault.unlink()
+    assert body["status"] == "failed" and body.get("output") is None
+    assert body["error"].endswith(f"The model failed on the CPU while denoising 0.00-0.64 s: RuntimeError: {CUDA_ERROR}")
+    assert client.get("/health-check").json()["status"] == "READY"
+    again = predict(client, **inputs).json()
+    assert again["status"] == "succeeded" and again["metrics"]["failed_windows"] == 0, again.get("error")
 
 
 LIBRARY_NOISE = ("HTTP Request", "GetPrototype", "XNNPACK", "Feedback manager", "accelerate", "InitializeLog", "%|")
@@ -217,3 +238,20 @@ def test_cleaners_racing_each_other_never_fail(tmp_path):
         for thread in threads:
             thread.join()
     assert errors == [] and list(tmp_path.iterdir()) == []
+
+
+# Last in this module: it leaves the module's server unhealthy for good.
+def test_a_device_left_broken_makes_the_server_unhealthy_and_later_predictions_fail_at_once(server, media, mirror):
+    client, _, _ = server
+    fault = mirror[0] / "fault"
+    video, audio = media
+    inputs = dict(video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"))
+    fault.write_text("sticky")  # a CUDA error that leaves the context unusable
+    failed = predict(client, **inputs).json()
+    fault.unlink()
+    assert failed["status"] == "failed" and CUDA_ERROR in failed["error"]
+    assert client.get("/health-check").json()["status"] == "UNHEALTHY"
+    started = time.monotonic()
+    refused = predict(client, **inputs).json()
+    assert refused["status"] == "failed" and refused["error"].endswith("stopped working after a model error; this server must be restarted.")
+    assert time.monotonic() - started < 10

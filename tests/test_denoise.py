@@ -78,7 +78,7 @@ def test_memory_savers_do_not_change_the_result(window):
     # Guidance branches as two U-Net passes: bit for bit the same (the first out-of-memory fallback).
     assert torch.equal(baseline, run(window, split_guidance_batch=True, **kwargs))
     # Frame-by-frame VAE decoding: the convolution kernels differ with batch size, in the last bits only.
-    frame_by_frame = run(window, split_guidance_batch=True, decode_frames_per_batch=1, **kwargs)
+    frame_by_frame = run(window, split_guidance_batch=True, vae_frames_per_batch=1, **kwargs)
     assert (baseline - frame_by_frame).abs().max().item() < 1e-4
 
 

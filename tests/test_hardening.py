@@ -273,7 +273,7 @@ def test_a_cancelled_prediction_stops_its_ffmpeg_processes_and_the_server_serves
     assert again["status"] == "succeeded", again.get("error")
 
 
-@pytest.mark.slow  # its own Cog server with two slots; the app and the fleet tests run concurrent jobs by default
+@pytest.mark.slow  # its own Cog server with two slots; the app and the queue tests run concurrent jobs by default
 def test_two_predictions_at_once_stay_apart(tmp_path_factory):
     folder = tmp_path_factory.mktemp("concurrent")
     media = folder / "media"

@@ -73,6 +73,24 @@ def test_bfloat16_on_the_cpu_runs_and_stays_close_to_float32(media):
     assert grey_levels.mean() < 3
 
 
+def test_channels_last_weights_compute_what_contiguous_ones_do(reference):
+    """The layout `device.with_fast_layout` gives the models on CUDA, checked on the CPU."""
+    from latentsync.denoise import load_vae
+
+    config = load_yaml(reference / "unet_tiny.yaml")["model"]
+    unet = UNet3DConditionModel.from_checkpoint(config, reference / "unet_tiny.pt")
+    vae = load_vae(reference / "vae_tiny")
+    torch.manual_seed(0)
+    sample, audio, latents = torch.randn(2, 13, 16, 8, 8), torch.randn(32, 50, 384), torch.randn(16, 4, 8, 8)
+    with torch.no_grad():
+        before = unet(sample, torch.tensor(801), encoder_hidden_states=audio).sample, vae.decode(latents).sample
+        unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
+        assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        after = unet(sample, torch.tensor(801), encoder_hidden_states=audio).sample, vae.decode(latents).sample
+    for a, b in zip(before, after):
+        assert ((a - b).norm() / a.norm()).item() < 1e-5
+
+
 @pytest.mark.slow  # compiling even the tiny U-Net takes minutes on two CPU cores
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile's CPU backend needs a C++ compiler (c++ or g++), which this machine lacks")
 def test_the_compiled_unet_computes_what_the_eager_one_does(reference):

@@ -83,9 +83,9 @@ class Jobs:
         work = self.results_dir / f".{job_id}.partial"
         work.mkdir()
         try:
-            pipeline = self.models.get(version)
             output = work / f"{video.stem}_lipsync.mp4"
-            result = pipeline(video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir, progress=progress, cancel=cancel)
+            result = self.models.run(version, video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir,
+                                     progress=progress, cancel=cancel)
             report = result.report.to_dict()
             save_timeline(report, work / "timeline.png")
             source = work / f"source{video.suffix.lower()}"

@@ -20,12 +20,14 @@ import gradio as gr
 from ..config import PRESETS, SERVICE_INPUTS, InputSpec
 from ..progress import Progress, windows_denoised
 from ..weights import WeightsError
+from ..windows import AlignmentError, ModelError
 from .jobs import JobResult, Jobs
 
 PAGE_INPUTS = [name for name in SERVICE_INPUTS if name != "return_report"]  # the page always returns the report
 MAIN_OPTIONS = ("version", "guidance_scale", "inference_steps", "enable_deepcache")  # the rest go under "More options"
 VIDEO_HEIGHT = 420  # pixels: portrait and landscape clips both fit beside each other
-USER_ERRORS = (ValueError, WeightsError, FileNotFoundError)  # bad inputs, no usable face, weights that cannot be fetched
+# bad inputs, no usable face, weights that cannot be fetched, the model failing on the device: each one sentence
+USER_ERRORS = (ValueError, WeightsError, FileNotFoundError, ModelError, AlignmentError)
 
 
 class LipsyncPage:
@@ -181,6 +183,8 @@ def summary(report: dict) -> str:
     """One line on what a job did, from its report."""
     frames, generated = report["frames"], report["frames_generated"]
     parts = [f"**{generated} of {frames} frames regenerated** ({generated / frames:.0%} of {report['duration']:.1f} s)"]
+    if report.get("failed_windows"):
+        parts.append(f"**{report['failed_windows']} windows kept their original frames** (out of GPU memory)")
     if report.get("sync_confidence") is not None:
         parts.append(f"sync confidence {report['sync_confidence']:.2f}")
     parts.append(f"seed {report['seed']}, model {report['version']}")

@@ -1,5 +1,5 @@
-"""Companion client for the lip-sync model, on Replicate or on a fleet of self-hosted Cog servers:
-idempotent runs, webhooks, batches and long-video fan-out. See `LipSyncClient`."""
+"""Companion client for the lip-sync model, on Replicate or on self-hosted GPU workers that pull
+jobs from a queue: idempotent runs, webhooks, batches and long-video fan-out. See `LipSyncClient`."""
 
 from .core import LipSyncClient, LipSyncError, RunResult, open_store
 from .jobs import ClaimLost, Job

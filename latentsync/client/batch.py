@@ -1,4 +1,4 @@
-"""Batches: one CSV row per job, run through a `LipSyncClient` (on Replicate or on a fleet).
+"""Batches: one CSV row per job, run through a `LipSyncClient` (on Replicate or on self-hosted workers).
 
 The CSV has a header row with the columns `video`, `audio` and `output` (paths or URLs; output a
 local path), and optionally columns named like the model's inputs (`guidance_scale`, `seed`,
@@ -42,13 +42,13 @@ class Row:
 @dataclass
 class RowResult:
     row: int
-    status: str  # done | failed | skipped
+    status: str  # done | failed | skipped | queued (left in the queue: --detach)
     output: str
     reason: str = ""
     video: str = ""
     audio: str = ""
     job: str = ""  # the job key
-    server: str = ""  # fleet: where it ran
+    server: str = ""  # self-hosted: the worker that ran it
     attempts: int = 0
     seconds: float = 0.0
 
@@ -108,6 +108,26 @@ def run_batch(client, rows: list[Row], concurrency: int = 4, progress: bool = Tr
             bar.set_postfix(counts, refresh=False)
             bar.update()
     return sorted(results, key=lambda result: result.row)
+
+
+def submit_rows(client, rows: list[Row], concurrency: int = 4) -> list[RowResult]:
+    """Queue every row's job at once (on a self-hosted queue): one result per row, "queued" while
+    its job waits or runs; a row whose job has already succeeded is collected (done or skipped);
+    a row that cannot run has failed."""
+
+    def submit(row: Row) -> RowResult:
+        if row.error:
+            return RowResult(row.number, "failed", row.output, one_sentence(row.error), row.video, row.audio)
+        try:
+            job = client.submit(row.video, row.audio, **row.params)
+        except (ValueError, OSError) as error:
+            return RowResult(row.number, "failed", row.output, one_sentence(str(error)), row.video, row.audio)
+        if job.status == "succeeded":
+            return run_row(client, row)
+        return RowResult(row.number, "queued", row.output, video=row.video, audio=row.audio, job=job.key)
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(pool.map(submit, rows))
 
 
 def run_row(client, row: Row) -> RowResult:
@@ -183,6 +203,7 @@ def summary(results: list[RowResult], seconds: float) -> str:
     lines = [("row", "status", "output", "reason")] + [(str(r.row), r.status, r.output, r.reason) for r in results]
     widths = [max(len(line[i]) for line in lines) for i in range(3)]
     table = ["  ".join(line[i].ljust(widths[i]) for i in range(3)) + "  " + line[3] for line in lines]
-    counts = {status: sum(r.status == status for r in results) for status in ("done", "failed", "skipped")}
-    table.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {seconds:.1f} s")
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "failed", "skipped", "queued")}
+    queued = f", {counts['queued']} queued (run the batch again to collect them)" if counts["queued"] else ""
+    table.append(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped{queued} in {seconds:.1f} s")
     return "\n".join(line.rstrip() for line in table)

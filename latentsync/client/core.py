@@ -1,5 +1,5 @@
-"""LipSyncClient: run the lip-sync model on Replicate or on your own fleet of Cog servers, safely
-and cheaply, with the same calls.
+"""LipSyncClient: run the lip-sync model on Replicate or on your own GPUs, safely and cheaply,
+with the same calls.
 
 - Idempotent: a job key (content hashes of video and audio, normalised parameters, model) maps to
   one prediction; a repeat of a finished job returns the stored result without a request, a
@@ -9,8 +9,9 @@ and cheaply, with the same calls.
 - Claims are fenced (see `latentsync.client.jobs`): inputs are uploaded before the key is
   claimed, the claim is refreshed while its owner works, and an owner that takes over a job
   looks for the prediction its predecessor may have created before creating one.
-- Where predictions run is a backend: `ReplicateBackend` (`model="owner/name"`) or `Fleet`
-  (`servers=[...]`, self-hosted Cog servers).
+- Where predictions run is a backend: `ReplicateBackend` (`model="owner/name"`) or
+  `QueueBackend` (`queue="redis://..."`, `storage=...`: self-hosted GPU workers that pull jobs
+  from a queue, see `latentsync.client.queue`).
 """
 
 import base64
@@ -63,39 +64,44 @@ class RunResult:
 
 
 class LipSyncClient:
-    """Lip-sync through Replicate or a fleet of self-hosted Cog servers, with idempotent caching.
+    """Lip-sync through Replicate or on self-hosted GPU workers, with idempotent caching.
 
     Args:
-        api_token: Replicate API token (default: $REPLICATE_API_TOKEN); not needed for a fleet.
+        api_token: Replicate API token (default: $REPLICATE_API_TOKEN); not needed for a queue.
         model: "owner/name" (latest version), "owner/name:version" or a 64-hex version id; for a
-            fleet, the name its job keys carry.
+            queue, the name its job keys carry.
         store: a job store, a redis:// URL, or the path of a SQLite file (default:
-            ~/.cache/latentsync/client.sqlite).
+            ~/.cache/latentsync/client.sqlite); with a queue, the queue's Redis is the store.
         base_url: another API endpoint (default: Replicate's).
         output_dir: where outputs are downloaded (default: next to a SQLite store, else
             ~/.cache/latentsync/outputs).
-        servers: base URLs of Cog servers running this model: predictions run there, not on Replicate.
-        callback_url: the address the servers reach this client at (inputs, output uploads and
-            webhooks; see `latentsync.client.fleet`).
-        fleet_secret: the servers' WEBHOOK_AUTH_TOKEN (default: $LATENTSYNC_FLEET_SECRET).
-        fleet_options: more settings of `Fleet` (health_interval, lost_after_s, ...).
+        queue: the Redis URL of a self-hosted queue (see `latentsync.client.queue`): predictions
+            run on the workers that read it, not on Replicate.
+        storage: with a queue, where inputs and outputs are kept: s3://bucket/prefix or
+            file:///folder (default: $LATENTSYNC_STORAGE_URL).
+        queue_options: more settings of `JobQueue` (lease_s, max_attempts).
     """
 
-    def __init__(self, api_token=None, model=DEFAULT_MODEL, store=None, base_url=None, output_dir=None, servers=None,
-                 callback_url=None, fleet_secret=None, poll_interval=1.0, max_poll_interval=10.0, retries=6, backoff=0.5,
-                 inline_max_bytes=256 * 1024, claim_ttl_s=CLAIM_TTL_S, **fleet_options):
-        self.store = open_store(store or DEFAULT_STORE, claim_ttl_s=claim_ttl_s)
-        self.output_dir = Path(output_dir) if output_dir else (self.store.path.parent if isinstance(self.store, SQLiteStore) else CACHE_DIR) / "outputs"
+    def __init__(self, api_token=None, model=DEFAULT_MODEL, store=None, base_url=None, output_dir=None, queue=None,
+                 storage=None, poll_interval=1.0, max_poll_interval=10.0, retries=6, backoff=0.5,
+                 inline_max_bytes=256 * 1024, claim_ttl_s=CLAIM_TTL_S, **queue_options):
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self._downloading: dict[str, threading.Lock] = {}  # one download per job at a time
-        if servers:
-            from .fleet import Fleet
+        if queue:
+            from .queue import JobQueue, QueueBackend
 
-            self.backend = Fleet(servers, self.store, self.output_dir / "exchange", model=model, callback_url=callback_url,
-                                 secret=fleet_secret or config.fleet_secret(), **fleet_options)
+            if store is not None and str(getattr(store, "url", store)) != str(queue):
+                raise ValueError("With a queue, the job store is the queue's Redis: leave store unset.")
+            storage = storage or config.storage_url()
+            if not storage:
+                raise ValueError("A queue needs a storage for inputs and outputs: pass storage (s3://bucket/prefix or file:///folder) or set LATENTSYNC_STORAGE_URL.")
+            jobs = JobQueue(str(queue), claim_ttl_s=claim_ttl_s, **queue_options)
+            self.store, self.backend = jobs.store, QueueBackend(jobs, storage, model)
         else:
+            self.store = open_store(store or DEFAULT_STORE, claim_ttl_s=claim_ttl_s)
             token = api_token or os.environ.get("REPLICATE_API_TOKEN")
             self.backend = ReplicateBackend(self.store, token, model, base_url, retries=retries, backoff=backoff, inline_max_bytes=inline_max_bytes)
+        self.output_dir = Path(output_dir) if output_dir else (self.store.path.parent if isinstance(self.store, SQLiteStore) else CACHE_DIR) / "outputs"
 
     def __enter__(self):
         return self
@@ -104,7 +110,7 @@ class LipSyncClient:
         self.close()
 
     def close(self) -> None:
-        """Stop the fleet's file server and monitor (nothing to do for Replicate)."""
+        """Close the queue's connection (nothing to do for Replicate)."""
         self.backend.close()
 
     # ---- jobs ------------------------------------------------------------------------------
@@ -117,12 +123,13 @@ class LipSyncClient:
     def submit(self, video, audio, webhook: str | None = None, wait: int | bool = False, **params) -> Job:
         """Start (or find) the prediction for these inputs. Returns its job at once.
 
-        Replicate: with `webhook`, Replicate posts the finished prediction there (events:
-        completed); `wait` holds the create request open up to that many seconds (sync mode).
-        A fleet queues the job and dispatches it to a free server.
+        With `webhook`, the finished prediction is posted there (events: completed), by Replicate
+        or by the self-hosted worker that ran it (signed with $LATENTSYNC_WEBHOOK_SECRET); `wait`
+        holds Replicate's create request open up to that many seconds (sync mode). A queue's
+        job waits for a worker.
         """
-        if webhook and not self.backend.takes_webhooks:
-            raise ValueError("A fleet's servers send their webhooks to this client (callback_url): submit without a webhook.")
+        if webhook and not str(webhook).startswith(("https://", "http://")):
+            raise ValueError(f"A webhook must be an http(s) URL, got {webhook!r}.")
         key, make_inputs = self._prepare(video, audio, params)
         return self._start(key, make_inputs, webhook, wait)
 
@@ -191,7 +198,7 @@ class LipSyncClient:
             job = self.store.get(key)
             live = is_live(job, time.time(), self.store.claim_ttl_s)
             if live and job.status not in ("claimed", "uncertain"):
-                return job  # finished, running, or queued on a fleet
+                return job  # finished, running, or in the queue
             if not live:
                 inputs = inputs or make_inputs()
                 job, claimed = self.store.claim(key, token, inputs)

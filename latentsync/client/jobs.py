@@ -2,12 +2,13 @@
 these same rules inside their transactions, so both behave alike.
 
 - A job key is *claimed* by one owner (a random token) before anything is created for it. The
-  owner refreshes the claim (`heartbeat_at`) while it creates the prediction and, on a fleet of
-  self-hosted servers, for as long as the prediction runs there (a server can lose it).
+  owner refreshes the claim (`heartbeat_at`) while it creates the prediction (on Replicate) or
+  queues the job (self-hosted); from then on the job lives where it runs, as a Replicate
+  prediction or as an entry of the self-hosted queue (see `latentsync.client.queue`).
 - Every change an owner makes is fenced by its token: once another owner has taken the job over
   (the first one stopped refreshing for `ttl` seconds), the first one's writes are refused.
-- A take-over keeps what the previous owner may have started (its input, prediction, server and
-  dispatch), so the new owner looks for that prediction before creating another.
+- A take-over keeps what the previous owner may have started (its input and prediction), so the
+  new owner looks for that prediction before creating another.
 - News of a prediction (a create's answer, a poll, a webhook) only moves a job forward:
   starting < processing < succeeded | failed | canceled. A late or repeated message changes
   nothing, and news of another prediction than the job's current one is ignored.
@@ -17,8 +18,8 @@ from dataclasses import dataclass, replace
 
 FINISHED = ("succeeded", "failed", "canceled")
 # claimed: its owner is creating it; uncertain: a create may have gone through (a take-over, or
-# a create whose answer was lost): its owner looks for it before creating; queued: a fleet owner
-# waits for a free server
+# a create whose answer was lost): its owner looks for it before creating; queued: in the
+# self-hosted queue, waiting for a worker
 WAITING = ("claimed", "uncertain", "queued")
 RANK = {"claimed": 0, "queued": 0, "uncertain": 0, "starting": 1, "processing": 2, "succeeded": 3, "failed": 3, "canceled": 3}
 
@@ -36,9 +37,11 @@ class Job:
     error: str | None = None
     owner: str | None = None  # the claim token of whoever drives the job now
     heartbeat_at: float = 0.0  # when the owner last showed it is alive
-    server: str | None = None  # fleet: the server the current dispatch went to
-    attempt: str | None = None  # fleet: the current dispatch's token (in its webhook URL)
-    attempts: int = 0  # fleet: dispatches so far
+    server: str | None = None  # self-hosted: the worker that runs (or ran) it
+    attempt: str | None = None  # self-hosted: the token of the worker's current attempt, which fences its writes
+    attempts: int = 0  # self-hosted: attempts so far (workers that took it)
+    entry: str | None = None  # self-hosted: the queue entry that carries it
+    degraded: bool = False  # a success whose report shows failed windows: handed over, never reused
     updated_at: float = 0.0
 
     @property
@@ -54,38 +57,39 @@ class News:
     status: str
     output_url: str | None = None
     error: str | None = None
+    degraded: bool = False  # some windows kept their original frames (the `failed_windows` metric or report field)
 
 
 def news_of(prediction: dict) -> News:
     """The news in a prediction record (Replicate's or a Cog server's): `{video, report}` outputs
-    give their video."""
+    give their video; failed windows, in the metrics or the report, make it a degraded result."""
     output = prediction.get("output")
     url = output.get("video") if isinstance(output, dict) else output
-    return News(prediction["id"], prediction["status"], url if isinstance(url, str) else None, prediction.get("error"))
+    report = output.get("report") if isinstance(output, dict) else None
+    failed_windows = (prediction.get("metrics") or {}).get("failed_windows") or (report or {}).get("failed_windows") or 0
+    return News(prediction["id"], prediction["status"], url if isinstance(url, str) else None, prediction.get("error"), failed_windows > 0)
 
 
 def is_live(job: Job | None, now: float, ttl: float) -> bool:
     """Whether a submit should use `job` as it is rather than claim its key: a success is kept, and
-    so is a job whose owner is alive; a Replicate prediction in progress lives on Replicate, a fleet
-    one only while its owner watches it. Failures, cancellations and jobs whose owner stopped
-    refreshing (or let go: heartbeat 0) are claimed again."""
-    if job is None or job.status in ("failed", "canceled"):
+    so is a job in progress, which lives on Replicate or in the self-hosted queue (where a lost
+    worker's job is taken over by another worker). Failures, cancellations, degraded successes
+    (windows that kept their original frames), and claims whose owner stopped refreshing before
+    the job was created (or let go: heartbeat 0) are claimed again."""
+    if job is None or job.status in ("failed", "canceled") or job.degraded:
         return False
-    if job.status == "succeeded":
-        return True
-    if job.status in WAITING or job.server is not None:
+    if job.status in ("claimed", "uncertain"):
         return now - job.heartbeat_at < ttl
     return True
 
 
 def claimed(job: Job | None, key: str, token: str, input: dict | None, now: float) -> Job:
-    """The job once `token` claims it: a finished (or new) job starts afresh; a take-over keeps
-    the previous owner's input, prediction, server and dispatch so the new owner can look for
-    them (a create that was under way becomes "uncertain")."""
+    """The job once `token` claims it: a finished (or new) job starts afresh; a take-over of a
+    claim whose owner stopped keeps its input and prediction and becomes "uncertain" (its create
+    may have gone through: the new owner looks for it first)."""
     if job is None or job.finished:
         return Job(key, input=input, owner=token, heartbeat_at=now, updated_at=now)
-    status = "uncertain" if job.status in ("claimed", "uncertain") else job.status
-    return replace(job, status=status, input=job.input or input, owner=token, heartbeat_at=now, updated_at=now)
+    return replace(job, status="uncertain", input=job.input or input, owner=token, heartbeat_at=now, updated_at=now)
 
 
 def merged(job: Job, news: News, now: float) -> Job | None:
@@ -93,7 +97,7 @@ def merged(job: Job, news: News, now: float) -> Job | None:
     prediction's, or not newer than what the job knows)."""
     if news.prediction_id != job.prediction_id or RANK.get(news.status, -1) <= RANK[job.status]:
         return None
-    return replace(job, status=news.status, output_url=news.output_url, error=news.error, updated_at=now)
+    return replace(job, status=news.status, output_url=news.output_url, error=news.error, degraded=news.degraded, updated_at=now)
 
 
 class ClaimLost(RuntimeError):

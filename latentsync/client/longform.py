@@ -10,7 +10,7 @@ from ..audio import silent_spans
 from ..config import MODEL_FPS
 from ..media.decode import load_audio
 from ..media.ffmpeg import file_url, input_args, run_ffmpeg
-from ..media.probe import probe
+from ..media.probe import MediaError, probe
 
 def cut_points(duration: float, pauses: list[tuple[float, float]], max_segment_s: float) -> list[float]:
     """Where to cut `duration` seconds into the fewest segments of at most `max_segment_s`.
@@ -75,7 +75,19 @@ def _cut(source: Path, target: Path, start: float, length: float, video: bool) -
 
 
 def _stitch(parts: list[Path], audio: Path, output_path: Path, folder: Path) -> None:
-    """Concatenate the segments' video streams as they are and put the original audio under them."""
+    """Concatenate the segments' video streams as they are and put the original audio under them.
+
+    The servers' outputs are first copied (not re-encoded) into mp4 files of our own, opened only
+    as an mp4 and only from the local disk: the concat demuxer would open each listed file as
+    whatever it claims to be (an HLS playlist naming other files, say)."""
+    own = []
+    for index, part in enumerate(parts):
+        own.append(folder / f"part{index:03d}.mp4")
+        try:
+            run_ffmpeg(*input_args(part, "mov"), "-map", "0:v:0", "-c", "copy", file_url(own[-1]), path=part)
+        except MediaError as error:
+            raise MediaError(f"The output of segment {index + 1} ({part.name}) is not an mp4 video: {error}") from None
+    parts = own
     listing = folder / "parts.txt"
     quoted = (str(p.resolve()).replace("'", "'\\''") for p in parts)  # the concat list's quoting
     listing.write_text("".join(f"file '{path}'\n" for path in quoted))

@@ -17,9 +17,10 @@ class RedisStore(_Store):
     `job:<key>` (a hash), `prediction:<id>` -> job key, `upload:<sha256>`, `webhook:<id>`,
     `early:<prediction id>`."""
 
-    def __init__(self, url: str, prefix: str = "latentsync:", claim_ttl_s: float = CLAIM_TTL_S):
+    def __init__(self, url: str, prefix: str = "latentsync:", claim_ttl_s: float = CLAIM_TTL_S, timeout_s: float = 30.0):
         self.url, self.prefix, self.claim_ttl_s = url, prefix, claim_ttl_s
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        # no call waits forever: a blocking read (the queue's) asks for less than `timeout_s`
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=10, health_check_interval=30)
         try:
             self.redis.ping()  # fail here, not on the first submit
         except redis.RedisError as error:
@@ -32,6 +33,11 @@ class RedisStore(_Store):
     def by_prediction(self, prediction_id: str) -> Job | None:
         key = self.redis.get(f"{self.prefix}prediction:{prediction_id}")
         return self.get(key) if key else None
+
+    def atomically(self, change):
+        """Run `change(txn, now)` as one transaction (see `_Store`); `txn.also(write)` adds a raw
+        write to it (the self-hosted queue's stream commands)."""
+        return self._atomically(change)
 
     def _atomically(self, change):
         """`change` re-runs until no key it read changed before its writes were applied."""
@@ -105,6 +111,10 @@ class _RedisTransaction:
 
     def mark_seen(self, webhook_id: str) -> None:
         self.writes.append(lambda pipe: pipe.set(f"{self.prefix}webhook:{webhook_id}", time.time(), ex=WEBHOOK_ID_TTL_S))
+
+    def also(self, write) -> None:
+        """Apply `write(pipe)` with this transaction's writes, after them."""
+        self.writes.append(write)
 
     def commit(self) -> None:
         if not self.writes:

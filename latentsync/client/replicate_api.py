@@ -36,8 +36,6 @@ class Ambiguous(Exception):
 class ReplicateBackend:
     """Creates, finds, polls and cancels predictions of one model on Replicate."""
 
-    takes_webhooks = True  # submit(webhook=...) has Replicate post the finished prediction there
-
     def __init__(self, store, api_token=None, model="bytedance/latentsync", base_url=None, retries=6, backoff=0.5, inline_max_bytes=256 * 1024):
         if not api_token:
             raise ValueError("A Replicate API token is needed: pass api_token or set REPLICATE_API_TOKEN.")

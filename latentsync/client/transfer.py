@@ -1,19 +1,12 @@
-"""Downloading an output: streamed to a file, retried when the transfer breaks, checked for length
-(and content hash where one is known)."""
+"""Downloading an output: streamed to a file, retried when the transfer breaks, checked for length."""
 
 import time
 from pathlib import Path
 
 import httpx
 
-from ..files import sha256_of
 
-
-class TransferError(RuntimeError):
-    """The output could not be fetched intact."""
-
-
-def download(url: str, target: Path, sha256: str | None = None, attempts: int = 4) -> None:
+def download(url: str, target: Path, attempts: int = 4) -> None:
     """Fetch `url` into `target` (overwritten), retrying broken transfers with backoff."""
     for attempt in range(1, attempts + 1):
         try:
@@ -30,5 +23,3 @@ def download(url: str, target: Path, sha256: str | None = None, attempts: int = 
             if attempt == attempts:
                 raise
             time.sleep(0.5 * 2**attempt)
-    if sha256 is not None and sha256_of(target) != sha256:
-        raise TransferError(f"The output fetched from the fleet does not match its sha256 {sha256[:12]}.")

@@ -1,10 +1,11 @@
-"""Receive Replicate's webhooks: verify the signature, refuse stale deliveries, then update the
-job store.
+"""Receive Replicate's webhooks (and self-hosted workers', signed the same way): verify the
+signature, refuse stale deliveries, then update the job store.
 
 Replicate signs with the Standard Webhooks scheme: headers `webhook-id`, `webhook-timestamp`
 and `webhook-signature` (HMAC-SHA256 of "id.timestamp.body" with the account's `whsec_` secret).
-The check is the `replicate` package's own (`replicate.webhooks.validate`, constant-time compare).
-No answer ever contains the secret or an exception's text.
+The check is the `replicate` package's own (`replicate.webhooks.validate`, constant-time compare);
+`signed_headers` signs a self-hosted worker's deliveries for it. No answer ever contains the
+secret or an exception's text.
 
 Statuses, chosen for Replicate's retries (it retries anything but 2xx): 200 once the store holds
 the news, also for a repeated delivery (so the sender stops) and for news of a prediction whose
@@ -15,6 +16,8 @@ could not be updated (Replicate tries again later).
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -38,6 +41,14 @@ def check_secret(secret: str) -> str:
     if not valid:
         raise ValueError("The webhook secret must look like whsec_ followed by base64 (see `client.webhook_secret()`); check LATENTSYNC_WEBHOOK_SECRET or --secret-file.")
     return secret.strip()
+
+
+def signed_headers(secret: str, webhook_id: str, body: str, timestamp: int | None = None) -> dict:
+    """The Standard Webhooks headers of a delivery of `body` signed with `secret` (whsec_...)."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    key = base64.b64decode(check_secret(secret).split("_", 1)[1])
+    signature = hmac.new(key, f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp), "webhook-signature": "v1," + base64.b64encode(signature).decode()}
 
 
 def handle_webhook(headers: dict, body: bytes | str, secret: str, store) -> tuple[int, str]:

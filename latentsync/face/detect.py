@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..files import require_weight_file
+from ..logs import native_stderr_captured
 
 logger = logging.getLogger("latentsync")
 
@@ -103,16 +104,21 @@ class InsightFaceDetector:
             require_weight_file(path, "The InsightFace model file")
         wants_cuda = str(device).startswith("cuda")
         use_cuda = wants_cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        if wants_cuda and not use_cuda:
-            logger.warning(
-                "InsightFace runs on the CPU: this onnxruntime (%s, providers %s) has no CUDA provider for this GPU; "
-                "install an onnxruntime-gpu built for the installed CUDA to detect faces on the GPU",
-                onnxruntime.__version__, onnxruntime.get_available_providers(),
-            )
+        if use_cuda and hasattr(onnxruntime, "preload_dlls"):
+            onnxruntime.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels PyTorch brought, before any session looks for them
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        with contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it loads
+        with native_stderr_captured() as onnxruntime_said, contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it loads
             self.app = FaceAnalysis(name="buffalo_l", root=str(model_root), allowed_modules=["detection", "landmark_2d_106"], providers=providers)
             self.app.prepare(ctx_id=0 if use_cuda else -1, det_size=(INSIGHTFACE_DET_SIZE, INSIGHTFACE_DET_SIZE))
+        # What the sessions really use: onnxruntime lists CUDA even when its libraries then fail to load.
+        self.providers = sorted({provider for model in self.app.models.values() for provider in model.session.get_providers()})
+        if wants_cuda and any("CUDAExecutionProvider" not in model.session.get_providers() for model in self.app.models.values()):
+            reasons = [line.strip() for line in onnxruntime_said.text.splitlines() if "cuda" in line.lower() or "error" in line.lower()]
+            logger.warning(
+                "InsightFace runs on the CPU although the models run on %s: onnxruntime %s (providers %s) could not use CUDA%s",
+                device, onnxruntime.__version__, onnxruntime.get_available_providers(),
+                f": {' '.join(reasons)[:500]}" if reasons else " (this onnxruntime has no CUDA provider; install onnxruntime-gpu)",
+            )
 
     def detect(self, frame_rgb: np.ndarray) -> list[FaceDetection]:
         faces = []

@@ -540,11 +540,12 @@ class UNet3DConditionModel(nn.Module):
         return cls(**model_config)
 
     @classmethod
-    def from_checkpoint(cls, model_config: dict, checkpoint_path, device="cpu", dtype=torch.float32) -> "UNet3DConditionModel":
+    def from_checkpoint(cls, model_config: dict, checkpoint_path, device="cpu", dtype=torch.float32, config_path=None) -> "UNet3DConditionModel":
         """Build and load an official checkpoint without ever holding two copies of the weights.
 
         The model is created on the meta device (no memory), the checkpoint is memory-mapped, and
         its tensors become the parameters directly; only then are they cast or moved.
+        `config_path` names the config in the message when the checkpoint does not fit it.
         """
         with torch.device("meta"):
             model = cls.from_config(model_config)
@@ -556,10 +557,10 @@ class UNet3DConditionModel(nn.Module):
         state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
         if not isinstance(state_dict, dict):
             raise ValueError(f"{checkpoint_path} holds no state dict (expected {{'state_dict': ...}} or a plain state dict).")
-        model.load_checkpoint_state(state_dict, source=checkpoint_path)
+        model.load_checkpoint_state(state_dict, source=f"The U-Net checkpoint {checkpoint_path}", config=config_path)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    def load_checkpoint_state(self, state_dict: dict, source="checkpoint") -> None:
+    def load_checkpoint_state(self, state_dict: dict, source="The checkpoint", config=None) -> None:
         """Strict load that names the first mismatching keys and shapes."""
         expected = self.state_dict()
         missing = [k for k in expected if k not in state_dict]
@@ -567,7 +568,7 @@ class UNet3DConditionModel(nn.Module):
         wrong_shape = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
         if missing or unexpected or wrong_shape:
             raise ValueError(
-                f"{source} does not match the U-Net config: {len(missing)} missing keys {missing[:3]}, "
+                f"{source} does not match the U-Net config{f' {config}' if config else ''}: {len(missing)} missing keys {missing[:3]}, "
                 f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong_shape)} wrong shapes {wrong_shape[:3]}."
             )
         self.load_state_dict(state_dict, strict=True, assign=True)
