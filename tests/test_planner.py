@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from latentsync.audio import Pauses
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import FaceDetection
 from latentsync.face.track import box_area, build_tracks, choose_speaker, iou
@@ -183,7 +184,7 @@ def detection(x=100.0, y=100.0, size=200.0, yaw=0.0) -> FaceDetection:
 def plan(detections, audio_s=None, pauses=(), fps=25.0, **options):
     speaker = choose_speaker(build_tracks(detections))
     audio_s = len(detections) / fps if audio_s is None else audio_s
-    return plan_job(detections, speaker, audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
+    return plan_job(detections, speaker, audio_s, pauses, fps, LipsyncOptions(**options), resolution=256)
 
 
 def actions(result):
@@ -488,3 +489,13 @@ def test_a_track_beside_the_speaker_does_not_end_the_search_for_later_shots():
     first, beside, later = shot(100, 100, 300, 0, 20), shot(600, 100, 200, 0, 20), shot(100, 100, 250, 30, 10)
     tracks = build_tracks(frames_of(first, beside, later, total=40))  # beside's total area is larger than later's
     assert [(t.first, t.faces[t.first].box[0]) for t in choose_speaker(tracks)] == [(0, 100), (30, 100)]
+
+
+def test_silence_spans_holding_a_detected_pause_name_the_detector():
+    frames = [[detection()] for _ in range(50)]
+    pauses = Pauses([(0.8, 1.2)], detector="a detector 1.0")
+    result = plan(frames, audio_s=1.6, pauses=pauses, length_mode="silence")  # frames 40-49: past the audio's end
+    assert [(s.start, s.end, s.action, s.details) for s in result.spans] == [
+        (0, 20, G, {}), (20, 30, S, {"detector": "a detector 1.0"}), (30, 40, G, {}), (40, 50, S, {}),
+    ]
+    assert all(span.details == {} for span in plan(frames, audio_s=1.6, pauses=[(0.8, 1.2)], length_mode="silence").spans)
