@@ -6,8 +6,8 @@
 #
 # Mutated: planner.py, face/track.py, face/align.py's alignment (the affine and its smoothing, the
 # crop; paste-back is left to the reference parity tests, too slow to rerun per mutant here),
-# options.py and the service input table's validation (client/params.py). audio.py's pause logic
-# is left out until its voice detection has settled. It works in a copy of the repository under
+# options.py and the service input table's validation (client/params.py). audio.py's pause logic,
+# just moved to silero-vad, is left to a later run. It works in a copy of the repository under
 # $MUTATION_DIR (default /tmp/latentsync-mutation): `cd $MUTATION_DIR && mutmut show NAME` shows a
 # mutant. A mutant that makes the tests run 3x longer counts as caught (a time-out).
 set -euo pipefail
