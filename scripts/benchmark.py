@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from latentsync.config import REPO_ROOT, shared_dir
+from scripts.benchmark_gpu import table_rows as gpu_table_rows
 
 OUT = REPO_ROOT / "bench"
 SHARED_ASSETS = shared_dir() / "assets"
@@ -160,7 +161,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
     gpu = results.get("gpu")
     if gpu:
-        lines += gpu_rows(gpu)
+        lines += gpu_table_rows(gpu)
     else:
         lines.append(
             "| GPU seconds per output second (estimate, not measured) | one window step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance: "
@@ -168,33 +169,6 @@ def markdown(results: dict) -> str:
             "about 0.6 and 2.8 s per output second before DeepCache |"
         )
     return "\n".join(lines) + "\n"
-
-
-def gpu_rows(gpu: dict) -> list[str]:
-    """The GPU table's rows (scripts/benchmark_gpu.py's figures): per version and execution model,
-    DeepCache off and on; then the whole job. A section that failed shows its error."""
-    lines = [f"| dense fp16 GEMM, {gpu.get('device')} (this run) | {gpu.get('gemm', {}).get('tflops')} TFLOP/s |"]
-    for version in gpu.get("versions", []):
-        rows = gpu.get(version, {})
-        if "error" in rows:
-            lines.append(f"| {version}: not measured | {rows['error']} |")
-            continue
-        for name, row in rows.items():
-            if isinstance(row, dict):
-                share = f" ({100 * row['unet_share_of_dense_rate']:.0f}% of dense)" if row.get("unet_share_of_dense_rate") is not None else ""
-                lines.append(
-                    f"| {version}, {name}, {gpu['steps']} steps, {row['windows_per_call']} window(s) per call | {row['seconds_per_window']} s per window, "
-                    f"{row['gpu_seconds_per_output_second']} GPU s per output s (VAE {100 * row['vae_share_of_window']:.0f}%), "
-                    f"U-Net {row['unet_tflops']} TFLOP/s{share}, peak VRAM {row['peak_vram_gb']} GB |"
-                )
-        lines.append(f"| {version}, best of ours / official (DeepCache on) | {rows['best_ours_over_official_deepcache_on']}x the GPU seconds (compiling took {rows['compile_s']} s) |")
-    job = gpu.get("job", {})
-    if "error" in job:
-        lines.append(f"| 1.6 whole job: not measured | {job['error']} |")
-    elif job:
-        lines.append(f"| 1.6 whole job, {job['clip_s']} s clip ({job['detector']}) | {job['wall_s']} s: {job['whole_job_over_model']}x its model time "
-                     f"(U-Net {job['unet_s']} s, VAE {job['vae_s']} s); analysis (decode + detection) {100 * job['analysis_share']:.0f}% |")
-    return lines
 
 
 def plots(results: dict) -> None:
