@@ -38,6 +38,10 @@ class Predictor(BaseRunner):
         self.models = ModelVersions(DEFAULT_VERSION)
         self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
 
+    def healthcheck(self) -> bool:
+        """Cog's health check: False once the GPU stopped working (`ModelVersions.run`)."""
+        return self.models.healthy()
+
     async def run(
         self,
         video: Path = Input(description="Video with a visible face (mp4, mov, mkv, webm, avi; up to 4K, 10 minutes)."),
@@ -58,20 +62,19 @@ class Predictor(BaseRunner):
     ) -> Any:
         """Lip-sync `video` to `audio`. Returns the mp4 (or {video, report} with return_report)."""
         self._outputs.remove_old()
-        await in_thread(check_inputs, LocalPath(video), LocalPath(audio))
-        options = options_from_inputs(
+        options = options_from_inputs(  # the options first: a bad number is refused before any file is read
             guidance_scale=guidance_scale, inference_steps=inference_steps, seed=seed, enable_deepcache=enable_deepcache,
             length_mode=length_mode, skip_silence=skip_silence, speaker_point=speaker_point,
             min_sync_confidence=min_sync_confidence, low_sync_action=low_sync_action, output_fps=output_fps, crf=crf,
         )
+        await in_thread(check_inputs, LocalPath(video), LocalPath(audio))
         print(f"Using seed: {options.seed}")
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await in_thread(self.models.get, version)
         cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
         with self._outputs.new() as folder:
             result = await in_thread(
-                pipeline, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
+                self.models.run, version, LocalPath(video), LocalPath(audio), folder / "output.mp4", options, temp_dir=folder / "work",
                 progress=ProgressLog(logger.info), cancel=cancel,
             )
             shutil.rmtree(folder / "work", ignore_errors=True)

@@ -1,6 +1,8 @@
 """A job's options, and how the front ends (Cog predictor, web app, CLI) turn what a user typed
 into them: the speaker's point or box, and the random seed."""
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -12,6 +14,7 @@ from .config import (
     DEFAULT_SEED,
     LENGTH_MODES,
     LOW_SYNC_ACTIONS,
+    SEED_MAX,
     SERVICE_INPUTS,
 )
 
@@ -36,25 +39,55 @@ class LipsyncOptions:
     crf: int = DEFAULT_CRF
 
     def __post_init__(self):
+        """Every option checked at once, before any work: numbers must be finite and in range."""
         if self.length_mode not in LENGTH_MODES:
             raise ValueError(f"length_mode must be one of {', '.join(LENGTH_MODES)}, got {self.length_mode!r}.")
-        if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be at least 1.")
-        if self.guidance_scale < 1.0:
-            raise ValueError("guidance_scale must be at least 1.0 (1.0 turns classifier-free guidance off).")
         if self.low_sync_action not in LOW_SYNC_ACTIONS:
             raise ValueError(f"low_sync_action must be one of {', '.join(LOW_SYNC_ACTIONS)}.")
+        check_number("num_inference_steps", self.num_inference_steps, 1, integer=True)
+        check_number("guidance_scale", self.guidance_scale, 1.0, note=" (1.0 turns classifier-free guidance off)")
+        check_number("seed", self.seed, 0, SEED_MAX, integer=True, note=" (the random generator's range)")
+        check_number("min_silence_s", self.min_silence_s, 0.0)
+        check_number("max_yaw_degrees", self.max_yaw_degrees, 0.0, 180.0)
+        if self.min_sync_confidence is not None:
+            check_number("min_sync_confidence", self.min_sync_confidence, 0.0)
+        check_number("crf", self.crf, 0, 51, integer=True, note=" (H.264's quality scale)")
+        for name in ("speaker_point", "speaker_box"):
+            for number in getattr(self, name) or ():
+                check_number(name, number)
+
+
+def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False, note: str = "") -> None:
+    """Raise ValueError (one sentence naming `name`) unless `value` is a finite number (an integer
+    when `integer`) within [minimum, maximum]. NaN and infinity pass no comparison, so they are
+    refused here explicitly: JSON parsers accept them, and they would otherwise slip through."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or (integer and math.isfinite(value) and value != int(value)):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"between {_shown(minimum)} and {_shown(maximum)}" if maximum is not None else f"at least {_shown(minimum)}"
+        raise ValueError(f"{name} must be {bounds}{note}, got {_shown(value)}.")
+
+
+def _shown(number) -> str:
+    """2, 1.5, 18446744073709551615 (integers in full), 1e+300."""
+    return str(number) if isinstance(number, numbers.Integral) and abs(number) < 10**20 else f"{number:g}"
 
 
 def options_from_inputs(**inputs) -> LipsyncOptions:
     """LipsyncOptions from the service's inputs (Cog names; missing ones take their defaults).
 
+    Every number is checked against the service's range first (ValueError naming the input).
     The seed is resolved here: -1 or 0 draws a random one, as the hosted model does.
     """
     unknown = set(inputs) - set(SERVICE_INPUTS)
     if unknown:
         raise ValueError(f"Unknown input(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVICE_INPUTS)}.")
     value = {name: inputs.get(name, spec.default) for name, spec in SERVICE_INPUTS.items()}
+    for name, spec in SERVICE_INPUTS.items():
+        if spec.kind in (int, float):
+            check_number(name, value[name], spec.minimum, spec.maximum, integer=spec.kind is int)
     return LipsyncOptions(
         num_inference_steps=value["inference_steps"],
         guidance_scale=value["guidance_scale"],
@@ -72,7 +105,9 @@ def options_from_inputs(**inputs) -> LipsyncOptions:
 
 def resolve_seed(seed: int, zero_is_random: bool = False) -> int:
     """`seed`, or a fresh random one for -1 (and for 0 where the front end means "random" by it,
-    as the hosted model does; the official CLI takes 0 as a seed)."""
+    as the hosted model does; the official CLI takes 0 as a seed). Anything else must be an
+    integer in the generator's range (ValueError otherwise)."""
+    check_number("seed", seed, -1, SEED_MAX, integer=True, note=" (-1 picks one)")
     if seed == -1 or (zero_is_random and seed == 0):
         return int.from_bytes(os.urandom(4), "big") % (2**31 - 1) + 1
     return int(seed)
@@ -98,6 +133,9 @@ def _numbers_then_frame(text: str | None, count: int, name: str, form: str) -> t
         frame = int(parts[count]) if len(parts) > count else 0
         if frame < 0:
             raise ValueError
-        return (*(float(part) for part in parts[:count]), frame)
+        numbers_given = tuple(float(part) for part in parts[:count])
+        if not all(map(math.isfinite, numbers_given)):
+            raise ValueError
+        return (*numbers_given, frame)
     except ValueError:
         raise ValueError(f"{name} must be {form}, got {text!r}.") from None

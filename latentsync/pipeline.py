@@ -46,6 +46,7 @@ from .progress import ProgressCallback
 from .render import Renderer
 from .report import JobReport, build_report, log_spans
 from .sync import SyncNetScorer
+from .weights import weights_identity
 from .windows import ModelError
 
 
@@ -79,12 +80,15 @@ class LipsyncPipeline:
             torch.compile's backend.
         max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
             headers declare (a service's limit); None takes any length.
+        model_identity: what else determines the output besides `version`, for result-cache keys
+            (`from_files` gives the weights' sha256, precision, device type and face detector).
     """
 
     def __init__(self, models: Models, version: str = "", cache: ResultCache | None = None, compile_unet: bool = False,
-                 compile_backend: str = "inductor", max_duration_s: float | None = None):
+                 compile_backend: str = "inductor", max_duration_s: float | None = None, model_identity: dict | None = None):
         self.version, self.cache, self.max_duration_s = version, cache, max_duration_s
         self.compile_unet, self.compile_backend = compile_unet, compile_backend
+        self.model_identity = {**(model_identity or {}), "version": version}
         self.models = replace(models, unet=CompiledUNet(models.unet, models.windows_per_batch, compile_backend)) if compile_unet else models
 
     @classmethod
@@ -106,14 +110,17 @@ class LipsyncPipeline:
         if sync_scorer is None and files.syncnet and Path(files.syncnet).exists():
             sync_scorer = SyncNetScorer(files.syncnet, device=device)
         unet = unet or load_unet(files, device, dtype)
+        detector = create_detector(face_detector, model_root=files.insightface_root, device=str(device))  # "auto" may fall back
+        identity = {"precision": str(dtype), "device": device.type, "face_detector": type(detector).__name__}
+        if settings.get("cache") is not None:  # hashing hand-laid weights is worth it only for a cache
+            identity["weights"] = weights_identity(files)
         models = Models(
             unet=unet, vae=load_vae(files.vae_dir, device=device, dtype=dtype), scheduler=load_scheduler(),
-            audio_encoder=AudioEncoder(files.whisper, device=device),
-            face_detector=create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
+            audio_encoder=AudioEncoder(files.whisper, device=device), face_detector=detector,
             mask=load_training_mask(files.mask, files.resolution), resolution=files.resolution, denoiser=denoiser,
             windows_per_batch=windows_per_batch or auto_windows_per_batch(unet, files.resolution), sync_scorer=sync_scorer,
         )
-        return cls(models, version=files.version, **settings)
+        return cls(models, version=files.version, model_identity=identity, **settings)
 
     def for_version(self, files, unet) -> "LipsyncPipeline":
         """A pipeline for another model version: its own U-Net, resolution, mask, scheduler and
@@ -123,8 +130,9 @@ class LipsyncPipeline:
             self.models, unet=unet, scheduler=load_scheduler(), mask=load_training_mask(files.mask, files.resolution),
             resolution=files.resolution, windows_per_batch=auto_windows_per_batch(unet, files.resolution),
         )
+        identity = {**self.model_identity, "weights": weights_identity(files)} if self.cache is not None else self.model_identity
         return LipsyncPipeline(models, version=files.version, cache=self.cache, compile_unet=self.compile_unet,
-                               compile_backend=self.compile_backend, max_duration_s=self.max_duration_s)
+                               compile_backend=self.compile_backend, max_duration_s=self.max_duration_s, model_identity=identity)
 
     def self_test(self) -> None:
         """Prove the device and the models before any job: make the compiled U-Net's graphs (when
@@ -150,23 +158,25 @@ class LipsyncPipeline:
                              f"{type(error).__name__}: {error}") from error
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
-                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LipsyncResult:
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, cache_scope: str = "") -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
         Intermediate files live in a private folder under `temp_dir`, removed afterwards. With a
         result cache, a repeated request is answered from the cache without running the model.
         `progress` hears how far the job is; setting `cancel` stops it (see `latentsync.progress`).
+        A cache hit is served only within the same `cache_scope` (a server's visitor, say), so one
+        caller cannot learn from it what another ran.
         """
         video_path, audio_path, output_path = Path(video_path), Path(audio_path), Path(output_path)
         options = options or LipsyncOptions()
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
         run = partial(self._run, video_path, audio_path, options=options, temp_dir=temp_dir, progress=progress, cancel=cancel)
-        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path)
+        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, cache_scope)
         write_json_atomically(report_path, report.to_dict())
         return LipsyncResult(output_path, report, report_path)
 
-    def _run_cached(self, run, video_path, audio_path, options, output_path) -> JobReport:
+    def _run_cached(self, run, video_path, audio_path, options, output_path, scope: str) -> JobReport:
         """`run` the job into the result cache (unless it holds the result already), then copy it
         out. A result with failed windows is handed over once and not kept: a repeat runs again."""
 
@@ -178,7 +188,7 @@ class LipsyncPipeline:
             write_json_atomically(folder / "report.json", report.to_dict())
 
         try:
-            cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.version), produce)
+            cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.model_identity, scope), produce)
         except _NotKept as degraded:
             return degraded.report
         place(cached.dir / "output.mp4", output_path)

@@ -20,10 +20,11 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 from .cache import ResultCache  # noqa: E402 (after the allocator setting)
 from .config import DEFAULT_VERSION, MAX_DURATION_S, allow_cpu, compile_requested  # noqa: E402
 from .denoise import load_unet  # noqa: E402
-from .device import default_device, describe_device, model_dtype, peak_rss_gb, require_gpu_unless_allowed  # noqa: E402
+from .device import default_device, describe_device, device_works, model_dtype, peak_rss_gb, require_gpu_unless_allowed  # noqa: E402
 from .logs import native_stderr_captured, warm_up  # noqa: E402
-from .pipeline import LipsyncPipeline  # noqa: E402
+from .pipeline import LipsyncPipeline, LipsyncResult  # noqa: E402
 from .weights import ensure_weights, load_manifest  # noqa: E402
+from .windows import ModelError  # noqa: E402
 
 logger = logging.getLogger("latentsync")
 
@@ -52,11 +53,35 @@ class ModelVersions:
         pipeline.self_test()
         self._pipelines = {version: pipeline}
         self._loading = threading.Lock()
+        self.failed_state: str | None = None  # set when the device stopped working: the server is unhealthy
         logger.info(
             "setup: weights ready in %.1f s, models loaded in %.1f s and tested in %.1f s on %s%s, peak memory %.2f GB",
             fetched - started, loaded - fetched, time.perf_counter() - loaded, describe_device(self.device, self.dtype),
             ", U-Net compiled" if pipeline.compile_unet else "", peak_rss_gb(),
         )
+
+    def run(self, version: str, *args, **kwargs) -> LipsyncResult:
+        """A job on `version`'s pipeline (arguments as `LipsyncPipeline.__call__`).
+
+        After a model error the device is checked: a GPU left unusable (a sticky CUDA error fails
+        every later call of the process) marks the server unhealthy (`healthy()`, which Cog's
+        health check reports, so the orchestrator replaces it), and later jobs fail at once with
+        that sentence instead of failing on the device one after another.
+        """
+        if self.failed_state:
+            raise ModelError(self.failed_state)
+        pipeline = self.get(version)
+        try:
+            return pipeline(*args, **kwargs)
+        except ModelError:
+            if not device_works(self.device):
+                self.failed_state = (f"The GPU ({describe_device(self.device, self.dtype)}) stopped working after a model error; "
+                                     "this server must be restarted.")
+                logger.error(self.failed_state)
+            raise
+
+    def healthy(self) -> bool:
+        return self.failed_state is None
 
     def get(self, version: str) -> LipsyncPipeline:
         """The pipeline of `version`, loading (and testing) it first if needed."""
@@ -122,15 +147,24 @@ class OutputFolders:
 
     def remove_old(self) -> None:
         """Remove finished folders older than `max_age_s`."""
-        now = time.time()
         with self._lock:
             running = set(self._running)
-        for folder in self.root.iterdir():
-            if folder in running:
+        remove_older_than(self.root, self.max_age_s, keep=running)
+
+
+def remove_older_than(folder: Path, max_age_s: float, keep=frozenset()) -> None:
+    """Remove the files and folders in `folder` last changed more than `max_age_s` ago, except
+    those in `keep`; one that another cleanup removed first is skipped."""
+    now = time.time()
+    for item in folder.iterdir():
+        if item in keep:
+            continue
+        try:
+            if now - item.stat().st_mtime <= max_age_s:
                 continue
-            try:
-                age = now - folder.stat().st_mtime
-            except FileNotFoundError:  # another prediction's cleanup got there first
-                continue
-            if age > self.max_age_s:
-                shutil.rmtree(folder, ignore_errors=True)
+            if item.is_dir():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+        except FileNotFoundError:  # another job's cleanup got there first
+            pass

@@ -1,16 +1,20 @@
 """The web page as a person uses it: headless Chromium (Debian's chromium and chromium-driver,
 driven by selenium) uploads a cut of the demo clip and speech, runs a job, waits for the
 lip-synced video and the timeline picture, saves a screenshot of the finished page, and finds
-the result again after a reload."""
+the result again after a reload; and uploads a playlist as the speech, which is never played."""
 
+import contextlib
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from scripts import make_corpus
 from tests.media import small_clip, speech
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -59,3 +63,43 @@ def test_a_job_from_the_page(app, browser, tmp_path):
     wait.until(lambda d: d.execute_script(duration))
     assert "talk.mp4 + dub.wav" in browser.find_element(By.CSS_SELECTOR, "#earlier-results input").get_attribute("value")
     assert "of 40 frames regenerated" in browser.find_element(By.CSS_SELECTOR, "#status").text
+
+
+def ffmpeg_processes() -> list[psutil.Process]:
+    """ffmpeg and ffprobe processes below this test process (the app's)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.name() in ("ffmpeg", "ffprobe") and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("name, live", [("speech.m3u8", False), ("speech.m3u8", True), ("speech.mp3", True)], ids=["m3u8", "live_m3u8", "live_as_mp3"])
+def test_a_playlist_as_the_speech_is_never_played(app, browser, tmp_path, name, live):
+    """An HLS playlist naming a clip with speech elsewhere on the server (not in any upload
+    folder). By its name, the page refuses it before uploading (the box's file types); behind an
+    audio file's name, the service's sentence comes back. Either way no audio is offered, the
+    named clip is never opened, and no ffmpeg runs on after 60 s."""
+    url, folder = app
+    for place in ("elsewhere", "upload"):
+        (tmp_path / place).mkdir()
+    elsewhere = make_corpus.clip(tmp_path / "elsewhere" / "private.ts", 1.0, extra=("-f", "mpegts"))
+    playlist = make_corpus.hls_playlist(tmp_path / "upload" / name, elsewhere, live=live)
+    opened_before = elsewhere.stat().st_atime
+    browser.get(url)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech-file input[type=file]"))[0].send_keys(str(playlist))
+    if name.endswith(".m3u8"):
+        expected = f"Invalid file type: {name}. Only .wav, .mp3"  # the page's own check, before any upload
+    else:
+        expected = "The audio input is an HLS playlist, which can refer to other files and is not accepted; pass an audio file"
+    wait.until(lambda d: expected in d.find_element(By.TAG_NAME, "body").text)
+    deadline = time.time() + 60
+    while ffmpeg_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert ffmpeg_processes() == []
+    assert browser.execute_script("return Array.from(document.querySelectorAll('audio')).filter(a => a.src).length") == 0
+    assert elsewhere.stat().st_atime == opened_before  # never read
+    uploaded = [path.name for path in (folder / "gradio").rglob("*") if path.is_file()]
+    assert (name in uploaded) == (not name.endswith(".m3u8")), uploaded

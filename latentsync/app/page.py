@@ -8,25 +8,37 @@ The Run button's event is also the programmatic endpoint, named `lipsync`:
     from gradio_client import Client, handle_file
     video, report, timeline = Client("http://127.0.0.1:7860/").predict(
         handle_file("talk.mp4"), handle_file("dub.wav"), guidance_scale=2.0, api_name="/lipsync")
+
+No Gradio component is handed an upload its own ffmpeg would open: the speech preview plays our
+runner's re-encoding of a file that passed the service's checks (`Jobs.speech_preview`), and the
+events take the raw uploads (preprocess=False) for the service's checks. Errors reach the visitor
+as the service's one sentence; anything unexpected as one sentence too, with the details logged.
 """
 
+import contextlib
+import logging
 import threading
-import uuid
+from dataclasses import replace
 
 import gradio as gr
 
-from ..config import PRESETS, SERVICE_INPUTS, InputSpec
+from ..config import APP_BROWSERS_KEPT, APP_CHECKS_AT_ONCE, PRESETS, SERVICE_INPUTS, InputSpec
 from ..progress import Progress, windows_denoised
 from ..serving import in_thread
 from ..weights import WeightsError
 from ..windows import AlignmentError, ModelError
-from .jobs import JobResult, Jobs
+from .jobs import SPEECH_UPLOADS, JobResult, Jobs, Recent, new_browser_id
+from .uploads import FileInput, VideoInput
+
+logger = logging.getLogger("latentsync")
 
 PAGE_INPUTS = [name for name in SERVICE_INPUTS if name != "return_report"]  # the page always returns the report
 MAIN_OPTIONS = ("version", "guidance_scale", "inference_steps", "enable_deepcache")  # the rest go under "More options"
 VIDEO_HEIGHT = 420  # pixels: portrait and landscape clips both fit beside each other
+SLIDER_MAX_STEPS = 1000  # a number input with a wider range (the seed) is a number box, not a slider
 # bad inputs, no usable face, weights that cannot be fetched, the model failing on the device: each one sentence
 USER_ERRORS = (ValueError, WeightsError, FileNotFoundError, ModelError, AlignmentError)
+SERVER_ERROR = "Something failed on the server (its log has the details); try again, and report it if it happens again."
 
 
 class LipsyncPage:
@@ -35,7 +47,7 @@ class LipsyncPage:
     def __init__(self, jobs: Jobs, version: str):
         self.jobs = jobs
         self.version = version
-        self._browsers: dict[str, str] = {}  # page session -> browser id (kept in the browser's storage)
+        self._browsers = Recent(APP_BROWSERS_KEPT)  # page session -> browser id (kept in the browser's storage)
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="LatentSync lip-sync", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
@@ -43,11 +55,12 @@ class LipsyncPage:
             gr.Markdown("## LatentSync lip-sync\nUpload a talking-head video and the speech it should say: "
                         "the same video comes back with only the mouth re-made. Jobs run one at a time.")
             with gr.Row(equal_height=True):
-                source = gr.Video(label="Source video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="source-video")
+                # Gradio's video box has no file_types: its upload offers video files only, and the checks take the rest.
+                source = VideoInput(label="Source video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="source-video")
                 output = gr.Video(label="Lip-synced", interactive=False, height=VIDEO_HEIGHT, elem_id="lipsynced-video")
             with gr.Row():
                 with gr.Column(scale=2):
-                    audio = gr.File(label="Speech: an audio file, or a video whose audio track to use", elem_id="speech-file")
+                    audio = FileInput(label="Speech: an audio file, or a video whose audio track to use", file_types=list(SPEECH_UPLOADS), elem_id="speech-file")
                     speech = gr.Audio(label="Speech preview", interactive=False, visible=False)
                 with gr.Column(scale=1):
                     preset = gr.Radio(list(PRESETS), value=None, label="Preset", info=" · ".join(f"{name}: {p.use}" for name, p in PRESETS.items()))
@@ -62,13 +75,14 @@ class LipsyncPage:
 
             inputs = [source, audio, *(widgets[name] for name in PAGE_INPUTS)]
             results = [output, report, timeline]
-            audio.change(lambda file: gr.Audio(value=file, visible=file is not None), audio, speech, api_visibility="private", show_progress="hidden")
+            checks = {"concurrency_limit": APP_CHECKS_AT_ONCE, "concurrency_id": "checks", "preprocess": False}
+            audio.change(self.preview, audio, speech, api_visibility="private", show_progress="hidden", **checks)
             preset.input(self.apply_preset, preset, [widgets[name] for name in _preset_inputs()], api_visibility="private", show_progress="hidden")
             # The cheap checks run at once, outside the model's queue, so a bad upload is told straight away.
             # Both events take the raw values (preprocess=False): out-of-range options then get the
             # service's message, naming the input, rather than Gradio's.
             job = (
-                run.click(self.check, inputs, None, api_visibility="private", concurrency_limit=None, show_progress="hidden", preprocess=False)
+                run.click(self.check, inputs, None, api_visibility="private", show_progress="hidden", **checks)
                 .success(self.lipsync, inputs, results, api_name="lipsync", concurrency_limit=1, concurrency_id="model", preprocess=False)
             )
             job.success(self.listed, [report, browser], [status, earlier], api_visibility="private", show_progress="hidden")
@@ -81,7 +95,10 @@ class LipsyncPage:
         widgets = {}
         with gr.Row():
             for name in MAIN_OPTIONS:
-                widgets[name] = option_widget(name, SERVICE_INPUTS[name], self.version if name == "version" else None)
+                spec = SERVICE_INPUTS[name]
+                if name == "version":  # the versions this server offers, the loaded one first chosen
+                    spec = replace(spec, choices=self.jobs.versions)
+                widgets[name] = option_widget(name, spec, self.version if name == "version" else None)
         with gr.Accordion("More options", open=False), gr.Row():
             for name in PAGE_INPUTS:
                 if name not in MAIN_OPTIONS:
@@ -90,12 +107,17 @@ class LipsyncPage:
 
     # ---- events ------------------------------------------------------------------------------
 
+    def preview(self, audio):
+        """The speech upload, playable: our re-encoding of it once it passed the checks."""
+        if not _path(audio):
+            return gr.Audio(value=None, visible=False)
+        with told_in_one_sentence():
+            return gr.Audio(value=str(self.jobs.speech_preview(_path(audio))), visible=True)
+
     def check(self, video, audio, *values):
         """The service's checks on the uploads and options, before the job joins the queue."""
-        try:
+        with told_in_one_sentence():
             self.jobs.check(_path(video), _path(audio), dict(zip(PAGE_INPUTS, values)))
-        except USER_ERRORS as error:
-            raise gr.Error(str(error), print_exception=False) from None
 
     async def lipsync(self, video, audio, guidance_scale, inference_steps, seed, version, enable_deepcache, length_mode, skip_silence,
                       speaker_point, min_sync_confidence, low_sync_action, output_fps, crf, request: gr.Request, progress=gr.Progress()):
@@ -103,12 +125,13 @@ class LipsyncPage:
         the lip-synced video, the report and the report's timeline picture (PNG)."""
         inputs = {name: value for name, value in locals().items() if name in PAGE_INPUTS}
         cancel = threading.Event()
-        browser = self._browsers.get(request.session_hash) if request and request.session_hash else None
+        session = request.session_hash if request else None
+        browser = self._browsers.get(session) if session else None
+        visitor = (request.username if request else None) or browser or session or ""  # whose repeats the result cache answers
         progress(0, desc="Reading the audio")
-        try:  # Stop, or the client cancelling, sets `cancel`: the pipeline ends within about a window
-            result = await in_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), cancel=cancel, browser=browser)
-        except USER_ERRORS as error:
-            raise gr.Error(str(error), print_exception=False) from None
+        with told_in_one_sentence():  # Stop, or the client cancelling, sets `cancel`: the pipeline ends within about a window
+            result = await in_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), cancel=cancel, browser=browser,
+                                     visitor=visitor)
         return result.video, result.report, result.timeline
 
     def listed(self, report, browser):
@@ -126,9 +149,9 @@ class LipsyncPage:
 
     def restore(self, browser, request: gr.Request):
         """On page load: this browser's id (made on its first visit) and its latest result."""
-        browser = browser or uuid.uuid4().hex
+        browser = new_browser_id(browser)
         if request and request.session_hash:
-            self._browsers[request.session_hash] = browser
+            self._browsers.put(request.session_hash, browser)
         results = self.jobs.results_for(browser)
         choices = gr.Dropdown(choices=[(result.label, result.id) for result in results], value=results[0].id if results else None)
         if not results:
@@ -170,7 +193,9 @@ def option_widget(name: str, spec: InputSpec, value=None) -> gr.components.Compo
         return gr.Radio(list(spec.choices), value=value, label=label, info=spec.description)
     if spec.kind in (int, float) and spec.minimum is not None:
         step = 1 if spec.kind is int else 0.1
-        return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=spec.description)
+        if (spec.maximum - spec.minimum) / step <= SLIDER_MAX_STEPS:
+            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=spec.description)
+        return gr.Number(value=value, minimum=spec.minimum, maximum=spec.maximum, precision=0 if spec.kind is int else None, label=label, info=spec.description)
     if spec.kind is int:
         return gr.Number(value=value, precision=0, label=label, info=spec.description)
     return gr.Textbox(value=value, label=label, info=spec.description)
@@ -187,6 +212,21 @@ def summary(report: dict) -> str:
     parts.append(f"seed {report['seed']}, model {report['version']}")
     parts.append("served from the result cache" if report.get("cache") == "hit" else f"done in {report['timings']['total_s']:.1f} s")
     return " · ".join(parts)
+
+
+@contextlib.contextmanager
+def told_in_one_sentence():
+    """The service's sentence for a bad request; for anything else, one sentence to the visitor
+    and the traceback to the log (Gradio would show the exception's own text)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except USER_ERRORS as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    except Exception:
+        logger.exception("a web app request failed")
+        raise gr.Error(SERVER_ERROR, print_exception=False) from None
 
 
 def _path(upload) -> str | None:

@@ -2,6 +2,7 @@
 validate a request before any network call and to normalise it for the idempotency key."""
 
 from ..config import SERVICE_INPUTS, InputSpec
+from ..options import check_number
 
 PARAMETERS: dict[str, InputSpec] = SERVICE_INPUTS  # the model's inputs besides the video and the audio
 
@@ -27,12 +28,8 @@ def _check(name: str, value, spec: InputSpec):
             raise ValueError(f"{name} must be true or false, got {value!r}.")
         return value
     if spec.kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (spec.kind is int and value != int(value)):
-            raise ValueError(f"{name} must be {'an integer' if spec.kind is int else 'a number'}, got {value!r}.")
-        value = spec.kind(value)
-        if (spec.minimum is not None and value < spec.minimum) or (spec.maximum is not None and value > spec.maximum):
-            raise ValueError(f"{name} must be between {spec.minimum:g} and {spec.maximum:g}, got {value:g}.")
-        return value
+        check_number(name, value, spec.minimum, spec.maximum, integer=spec.kind is int)
+        return spec.kind(value)
     value = str(value)
     if spec.choices and value not in spec.choices:
         raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}.")
