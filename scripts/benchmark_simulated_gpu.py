@@ -328,9 +328,9 @@ def looped(path: Path, seconds: float, folder: Path) -> Path:
 
 
 def code_of(commit: str, folder: Path) -> Path:
-    """The library (latentsync/ and configs/) as of `commit`, extracted into `folder`."""
+    """The library (latentsync/, configs/, the weights manifest) as of `commit`, extracted into `folder`."""
     folder.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "latentsync", "configs"], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "latentsync", "configs", "weights_manifest.json"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
 

@@ -24,12 +24,12 @@ mutants=(
 tests=(tests/test_planner.py tests/test_face_align.py tests/test_render.py tests/test_options.py)
 
 rm -rf "$work" && mkdir -p "$work"
-cp -r "$repo/latentsync" "$repo/tests" "$repo/configs" "$repo/pytest.ini" "$work/"
+cp -r "$repo/latentsync" "$repo/tests" "$repo/configs" "$repo/pytest.ini" "$repo/weights_manifest.json" "$work/"
 {
     echo "[mutmut]"
     echo "source_paths = latentsync"
     echo "only_mutate ="; printf '    %s\n' "${modules[@]}"
-    echo "also_copy ="; printf '    %s\n' configs pytest.ini
+    echo "also_copy ="; printf '    %s\n' configs pytest.ini weights_manifest.json
     echo "pytest_add_cli_args = -p no:cacheprovider -q"
     echo "pytest_add_cli_args_test_selection ="; printf '    %s\n' "${tests[@]}"
     echo "timeout_multiplier = 3"
