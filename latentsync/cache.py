@@ -67,10 +67,11 @@ def cache_key(video_path, audio_path, params: Mapping, model_version: str) -> st
 
     Only the files' content counts, not their names. `params` must hold every setting that
     changes the output, as JSON-like values; numbers are compared by value, so 2 and 2.0 match.
+    `audio_path` None: a job without audio of its own (segments with their own audio, keyed in `params`).
     """
     payload = {
         "video": sha256_of(video_path),
-        "audio": sha256_of(audio_path),
+        "audio": sha256_of(audio_path) if audio_path is not None else None,
         "params": _canonical(params, "params"),
         "model": model_version,
         "code": code_version(),

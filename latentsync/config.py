@@ -56,6 +56,9 @@ class InputSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple | None = None
+    # Sent to the model, and part of a client's job key, only when set: deployments made before the
+    # input existed do not know it, and jobs without it keep the keys they had.
+    only_when_set: bool = False
 
 
 LENGTH_MODES = ("bounce", "loop", "cut_off", "silence", "remap")  # see planner.LengthMode
@@ -83,7 +86,19 @@ SERVICE_INPUTS = {
     "output_fps": InputSpec(str, "25", "25 (the model's rate, as the official) or source (keep a 24-30 fps source's rate).", choices=("25", "source")),
     "crf": InputSpec(int, DEFAULT_CRF, "H.264 quality of the output: lower is better and bigger.", 10, 35),
     "return_report": InputSpec(bool, False, "Return {video, report} instead of just the video; the report lists what was regenerated and why."),
+    "segments": InputSpec(
+        str, "",
+        'Re-make only these time ranges: a JSON list like [{"start": 2.0, "end": 3.5, "audio": 0}] (seconds of the video; audio: '
+        "the index of its file in segment_audio, else the job's audio at that time; optional audio_start, guidance_scale, "
+        "inference_steps). Outside them the output is the source, with its own audio. Empty: the whole video.",
+        only_when_set=True,
+    ),
+    "plan_only": InputSpec(
+        bool, False, "Return the plan as a JSON file instead of running the model: what each span would get and why, the windows, "
+        "and the estimated GPU seconds.", only_when_set=True,
+    ),
 }
+SEGMENT_AUDIO_DESCRIPTION = "Audio files for the segments (each segment names its file by its index in this list, from 0)."
 
 @dataclass(frozen=True)
 class Preset:
@@ -99,6 +114,11 @@ PRESETS = {
     "close-up": Preset({"inference_steps": 40, "guidance_scale": 1.5, "enable_deepcache": False}, "large faces, where detail shows"),
     "weak sync": Preset({"inference_steps": 30, "guidance_scale": 2.0, "enable_deepcache": True}, "the mouth lags the audio; raise guidance up to 2.5"),
 }
+
+# ---- segments (latentsync.segments) ------------------------------------------------------------
+
+MAX_SEGMENTS = 100
+SEGMENT_CROSSFADE_S = 0.005  # the output audio cross-fades this long into and out of each segment: no click
 
 # ---- what the hosted service accepts (the library and the CLI take any length) ------------------
 

@@ -3,14 +3,17 @@ the mouth re-made to speak that audio.
 
     pipeline = LipsyncPipeline.from_files(ensure_weights("1.6"))
     result = pipeline("talk.mp4", "dub.wav", "out.mp4", LipsyncOptions(enable_deepcache=True))
+    preview = pipeline.plan("talk.mp4", None, segments=[{"start": 2.0, "end": 3.5, "audio": "name.wav"}])
 
 A job, step by step, each step in a module of its own:
 
-1. Audio: decode it, compute its Whisper features, find its pauses.    media.decode, audio
+1. Audio: decode it, compute its Whisper features, find its pauses.    media.decode, audio (media.splice: segments)
 2. Faces: detect the faces on every frame and follow the speaker.       media.decode, face.detect, face.track
-3. Plan: what each output frame shows, and whether it is regenerated.   planner
+3. Plan: what each output frame shows, and whether it is regenerated.   planner (segments)
 4. Render: denoise the windows, paste the mouths back, encode.          render, denoise, face.align, media.encode
 5. Report: what was regenerated and why.                                 report
+
+`plan` runs steps 1-3 only and prices the plan (`latentsync.estimate`): no model runs.
 
 Frames stream through ffmpeg pipes, so the whole video is never held in memory.
 """
@@ -34,15 +37,17 @@ from .denoise import denoise_windows, load_scheduler, load_training_mask, load_u
 from .device import auto_windows_per_batch, default_device, describe_device, model_dtype, to_device
 from .face.detect import FaceDetection, FaceDetector, create_detector
 from .face.track import build_tracks, choose_speaker
-from .files import job_folder, write_json_atomically
+from .files import job_folder, sha256_of, write_json_atomically
 from .media.decode import frames_in_order, load_audio
-from .media.probe import MediaInfo, probe_video
+from .media.probe import MediaInfo, probe, probe_video
+from .media.splice import output_format, segment_audio_role, spliced_audio, write_wav
 from .options import LipsyncOptions
-from .planner import frames_covering, output_fps, plan_job
+from .planner import Plan, frames_covering, output_fps, plan_job
 from .progress import ProgressCallback, notify, raise_if_cancelled
 from .render import Renderer
+from .segments import Segment, check_segments, parse_segments, segment_ranges, with_paths
 from .windows import ModelError
-from .report import JobReport, build_report, log_spans
+from .report import JobReport, PlanPreview, build_preview, build_report, log_spans
 from .sync import SyncNetScorer
 
 
@@ -51,6 +56,17 @@ class LipsyncResult:
     output_path: Path
     report: JobReport
     report_path: Path
+
+
+@dataclass
+class Analysis:
+    """Steps 1-3 of a job: what `__call__` renders and `plan` shows."""
+
+    info: MediaInfo  # the video's
+    samples: np.ndarray  # the audio the mouths speak, 16 kHz mono (with segments: spliced into the source's)
+    features: object  # their Whisper features (`audio.AudioFeatures`)
+    plan: Plan
+    segments: list[Segment]
 
 
 class _NotKept(Exception):
@@ -150,23 +166,46 @@ class LipsyncPipeline:
                              f"{type(error).__name__}: {error}") from error
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
-                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LipsyncResult:
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, segments=None) -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
         Intermediate files live in a private folder under `temp_dir`, removed afterwards. With a
         result cache, a repeated request is answered from the cache without running the model.
         `progress` hears how far the job is; setting `cancel` stops it (see `latentsync.progress`).
+        `segments` (see `latentsync.segments`: `Segment`s, dicts or JSON text, audio as file
+        paths) re-make only those time ranges; `audio_path` may then be None when every segment
+        has an audio of its own.
         """
-        video_path, audio_path, output_path = Path(video_path), Path(audio_path), Path(output_path)
+        video_path, output_path = Path(video_path), Path(output_path)
+        audio_path, segments = self._job_audio(audio_path, segments)
         options = options or LipsyncOptions()
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
-        run = partial(self._run, video_path, audio_path, options=options, temp_dir=temp_dir, progress=progress, cancel=cancel)
-        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path)
+        run = partial(self._run, video_path, audio_path, options=options, segments=segments, temp_dir=temp_dir, progress=progress, cancel=cancel)
+        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, segments)
         write_json_atomically(report_path, report.to_dict())
         return LipsyncResult(output_path, report, report_path)
 
-    def _run_cached(self, run, video_path, audio_path, options, output_path) -> JobReport:
+    def plan(self, video_path, audio_path=None, options: LipsyncOptions | None = None, segments=None,
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> PlanPreview:
+        """What `__call__` would do with the same arguments, without running the model: the
+        analysis (probe, audio, faces) and the plan, per span what happens and why, the windows
+        to denoise and their estimated GPU seconds (`latentsync.estimate`). Its spans are the
+        ones the job's report will have, unless rendering changes its mind (a window out of
+        memory, a span passed through for low sync)."""
+        audio_path, segments = self._job_audio(audio_path, segments)
+        options = options or LipsyncOptions()
+        analysis = self._analyse(Path(video_path), audio_path, options, segments, {}, progress, cancel)
+        return build_preview(analysis.plan, options, self.version, analysis.segments)
+
+    @staticmethod
+    def _job_audio(audio_path, segments) -> tuple[Path | None, list[Segment]]:
+        segments = with_paths(parse_segments(segments))
+        if audio_path is None and not segments:
+            raise ValueError("An audio input is needed (or segments that each have an audio of their own).")
+        return (Path(audio_path) if audio_path is not None else None), segments
+
+    def _run_cached(self, run, video_path, audio_path, options, output_path, segments: list[Segment]) -> JobReport:
         """`run` the job into the result cache (unless it holds the result already), then copy it
         out. A result with failed windows is handed over once and not kept: a repeat runs again."""
 
@@ -178,7 +217,8 @@ class LipsyncPipeline:
             write_json_atomically(folder / "report.json", report.to_dict())
 
         try:
-            cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.version), produce)
+            params = asdict(options) | ({"segments": [_segment_key(segment) for segment in segments]} if segments else {})
+            cached = self.cache.get_or_create(cache_key(video_path, audio_path, params, self.version), produce)
         except _NotKept as degraded:
             return degraded.report
         place(cached.dir / "output.mp4", output_path)
@@ -186,39 +226,61 @@ class LipsyncPipeline:
         report.cache = "hit" if cached.hit else "miss"
         return report
 
-    def _run(self, video_path, audio_path, output_path, options, temp_dir, progress, cancel) -> JobReport:
+    def _run(self, video_path, audio_path, output_path, options, segments, temp_dir, progress, cancel) -> JobReport:
         """The job, step by step."""
         started = time.perf_counter()
         timings = {}
         with job_folder(temp_dir) as work_dir:
-            # 1. Audio: 16 kHz samples, their Whisper features (encoded as windows need them), pauses.
-            info = probe_video(video_path)
-            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
-            features = self.audio_encoder.features(samples)
-            pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
-            timings["audio_s"] = time.perf_counter() - started
-
-            # 2. Faces: on every frame at the output rate, linked into tracks; the speaker's tracks.
-            tick = time.perf_counter()
-            fps = output_fps(info.fps, options.keep_source_fps)
-            detections = self._detect_faces(video_path, info, fps, progress, cancel)
-            speaker = choose_speaker(build_tracks(detections), point=options.speaker_point, box=options.speaker_box)
-            timings["face_detection_s"] = time.perf_counter() - tick
-
-            # 3. Plan: output frames -> source frames, what to regenerate, windows, alignment.
-            plan = plan_job(detections, speaker, len(samples) / AUDIO_SAMPLE_RATE, pauses, fps, options, self.resolution)
+            # 1-3. Audio, faces, plan.
+            analysis = self._analyse(video_path, audio_path, options, segments, timings, progress, cancel)
+            if segments:  # the output's audio: the source's, each segment's audio in its span, at the source's rate
+                rate, channels = output_format(video_path, analysis.info, audio_path, segments)
+                spliced, _ = spliced_audio(video_path, analysis.info, audio_path, segments, rate, channels, self.max_duration_s)
+                audio_path = write_wav(work_dir / "audio.wav", spliced, rate)
 
             # 4. Render: denoise, paste back and encode, in one pass over the video.
             tick = time.perf_counter()
-            renderer = Renderer(self, plan, options, features, samples, progress, cancel)
-            rendered = renderer.run(video_path, audio_path, output_path, info, work_dir)
+            renderer = Renderer(self, analysis.plan, options, analysis.features, analysis.samples, progress, cancel)
+            rendered = renderer.run(video_path, audio_path, output_path, analysis.info, work_dir)
             timings["render_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
 
         # 5. Report.
-        report = build_report(plan, rendered, options, self.version, timings)
+        report = build_report(analysis.plan, rendered, options, self.version, timings, segments)
         log_spans(report)
         return report
+
+    def _analyse(self, video_path, audio_path, options, segments: list[Segment], timings: dict, progress, cancel) -> Analysis:
+        """Steps 1-3: the audio, the faces and the plan (`timings` gets the seconds they took)."""
+        started = time.perf_counter()
+        # 1. Audio: 16 kHz samples, their Whisper features (encoded as windows need them), pauses.
+        info = probe_video(video_path)
+        if segments:  # the source's own audio, each segment's audio in its span
+            self._check_segments(segments, info, audio_path)
+            samples, speech_seconds = spliced_audio(video_path, info, audio_path, segments, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
+        else:
+            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
+        features = self.audio_encoder.features(samples)
+        pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
+        timings["audio_s"] = time.perf_counter() - started
+
+        # 2. Faces: on every frame at the output rate, linked into tracks; the speaker's tracks.
+        tick = time.perf_counter()
+        fps = output_fps(info.fps, options.keep_source_fps)
+        detections = self._detect_faces(video_path, info, fps, progress, cancel)
+        speaker = choose_speaker(build_tracks(detections), point=options.speaker_point, box=options.speaker_box)
+        timings["face_detection_s"] = time.perf_counter() - tick
+
+        # 3. Plan: output frames -> source frames, what to regenerate (only inside segments, if any), windows, alignment.
+        ranges = segment_ranges(segments, speech_seconds, fps, len(detections)) if segments else None
+        plan = plan_job(detections, speaker, len(samples) / AUDIO_SAMPLE_RATE, pauses, fps, options, self.resolution, segments=ranges)
+        return Analysis(info, samples, features, plan, segments)
+
+    def _check_segments(self, segments: list[Segment], info: MediaInfo, audio_path) -> None:
+        """The segments against the media: inside the video, their audio long enough to start."""
+        own = [probe(s.audio, segment_audio_role(i)).audio_duration if s.own_audio else None for i, s in enumerate(segments)]
+        job = probe(audio_path, "audio").audio_duration if audio_path is not None and any(not s.own_audio for s in segments) else None
+        check_segments(segments, info.duration, own, job)
 
     def _detect_faces(self, video_path, info: MediaInfo, fps: float, progress, cancel) -> list[list[FaceDetection]]:
         """The faces on every frame of the video at `fps`."""
@@ -230,3 +292,8 @@ class LipsyncPipeline:
                 detections.append(self.face_detector.detect(frame))
                 notify(progress, "analyse", len(detections), total)
         return detections
+
+
+def _segment_key(segment: Segment) -> dict:
+    """A segment as the result cache keys it: its own audio by content, not by file name."""
+    return segment.to_dict() | ({"audio": sha256_of(segment.audio)} if segment.own_audio else {})

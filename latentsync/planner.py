@@ -41,6 +41,7 @@ class Action(str, Enum):
     NO_FACE = "no_face"
     OTHER_SPEAKER = "other_speaker"
     PASSTHROUGH = "passthrough"  # e.g. a span too short to regenerate cleanly, or a failed window
+    OUTSIDE_SEGMENTS = "outside_segments"  # a job with segments: the source, picture and audio
 
 
 @dataclass
@@ -93,15 +94,22 @@ def plan_timeline(num_video_frames: int, num_audio_frames: int, mode: LengthMode
 
 @dataclass
 class Span:
-    """A run of output frames [start, end) sharing one action."""
+    """A run of output frames [start, end) sharing one action; inside a segment, its number in
+    `details` and its denoising settings here (None: the job's)."""
 
     start: int
     end: int
     action: Action
     details: dict = field(default_factory=dict)
+    steps: int | None = None
+    guidance: float | None = None
 
     def __len__(self) -> int:
         return self.end - self.start
+
+    def settings(self, options: LipsyncOptions) -> tuple[int, float]:
+        """The denoising steps and guidance of this span: its segment's, else the job's."""
+        return self.steps or options.num_inference_steps, self.guidance or options.guidance_scale
 
 
 def spans_from_actions(actions: list[Action]) -> list[Span]:
@@ -175,6 +183,55 @@ def blend_weight(position: int, length: int, after_original: bool, before_origin
     return weight
 
 
+# ---- segments: regenerate only inside them -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentRange:
+    """A segment in output frames (`segments.segment_ranges`): it may regenerate [start, end);
+    its audio ends at frame `speech_end` (the frames after it are silent); its settings (None: the
+    job's)."""
+
+    index: int
+    start: int
+    end: int
+    speech_end: int
+    steps: int | None = None
+    guidance: float | None = None
+
+
+def restrict_to_segments(actions: list[Action], segments: list[SegmentRange]) -> list[Action]:
+    """Frames outside every segment keep the source (OUTSIDE_SEGMENTS); inside one, frames past
+    the end of its audio are silent (SILENCE); the others keep their action."""
+    restricted = [Action.OUTSIDE_SEGMENTS] * len(actions)
+    for segment in segments:
+        for i in range(segment.start, min(segment.end, len(actions))):
+            restricted[i] = actions[i] if i < segment.speech_end else Action.SILENCE
+    return restricted
+
+
+def segment_edges(segments: list[SegmentRange]) -> set[int]:
+    """Where segments begin and end: no window, and (`assign_segments`) no span, crosses them."""
+    return {edge for segment in segments for edge in (segment.start, segment.end)}
+
+
+def assign_segments(spans: list[Span], segments: list[SegmentRange]) -> list[Span]:
+    """Split every span at the segments' edges, and give each span inside a segment its number
+    (`details["segment"]`, from 1) and settings."""
+    edges = segment_edges(segments)
+    result = []
+    for span in spans:
+        cuts = [span.start, *sorted(e for e in edges if span.start < e < span.end), span.end]
+        for a, b in zip(cuts, cuts[1:]):
+            piece = Span(a, b, span.action, dict(span.details), span.steps, span.guidance)
+            inside = next((s for s in segments if s.start <= a < s.end), None)
+            if inside is not None:
+                piece.details["segment"] = inside.index + 1
+                piece.steps, piece.guidance = inside.steps, inside.guidance
+            result.append(piece)
+    return result
+
+
 # ---- the whole plan ------------------------------------------------------------------------------
 
 
@@ -190,6 +247,7 @@ class Plan:
     source_frames: np.ndarray  # output frame -> source frame
     spans: list[Span]  # cover the output frames in order
     affines: dict[int, np.ndarray]  # source frame -> 2x3 alignment of the speaker's face
+    segments: list[SegmentRange] = field(default_factory=list)  # a job with segments: only these may be regenerated
 
     @property
     def generated_spans(self) -> list[Span]:
@@ -211,6 +269,7 @@ def plan_job(
     fps: float,
     options: LipsyncOptions,
     resolution: int,
+    segments: list[SegmentRange] | None = None,
 ) -> Plan:
     """Plan a job from what analysis found.
 
@@ -223,10 +282,16 @@ def plan_job(
         fps: the output frame rate (`output_fps`).
         options: the job's options (length mode, yaw limit, silence).
         resolution: the model's face size, for the alignment template.
+        segments: with segments, only their frames may be regenerated (`restrict_to_segments`),
+            the output keeps the video's frames one for one (the length mode does not apply), and
+            every span lies inside one segment or outside all of them.
     """
     if not detections:
         raise ValueError("The video input has no decodable frames.")
-    timeline = plan_timeline(len(detections), frames_covering(audio_duration_s, fps), options.length_mode)
+    if segments:  # the video's own length and frames; the audio was made to cover it
+        timeline = plan_timeline(len(detections), len(detections), LengthMode.SILENCE)
+    else:
+        timeline = plan_timeline(len(detections), frames_covering(audio_duration_s, fps), options.length_mode)
     face_at = {frame: face for track in speaker for frame, face in track.faces.items()}
     track_at = {frame: track.id for track in speaker for frame in track.faces}
     usable = {frame for frame, face in face_at.items() if abs(face.yaw_degrees) <= options.max_yaw_degrees}
@@ -237,12 +302,16 @@ def plan_job(
         )
     silent = silent_frames(len(timeline), pauses if options.skip_silence else [], fps)
     actions = frame_actions(timeline, silent, detections, face_at, usable)
+    if segments:
+        actions = restrict_to_segments(actions, segments)
     # In remap mode consecutive output frames may step over source frames without a cut.
-    step = math.ceil(len(detections) / len(timeline)) if LengthMode(options.length_mode) is LengthMode.REMAP else 1
+    step = math.ceil(len(detections) / len(timeline)) if LengthMode(options.length_mode) is LengthMode.REMAP and not segments else 1
     spans = label_pauses(spans_from_actions(actions), silent, getattr(pauses, "detector", None))
-    spans = split_at(spans, cut_points(timeline.source_frames, track_at, step))
+    spans = split_at(spans, cut_points(timeline.source_frames, track_at, step) | segment_edges(segments or []))
     spans = limit_span_length(absorb_short_generated_spans(spans, MIN_GENERATED_FRAMES))
-    return Plan(fps, timeline.source_frames, spans, speaker_affines(speaker, resolution))
+    if segments:
+        spans = assign_segments(spans, segments)
+    return Plan(fps, timeline.source_frames, spans, speaker_affines(speaker, resolution), segments or [])
 
 
 def silent_frames(count: int, pauses: list[tuple[float, float]], fps: float) -> np.ndarray:

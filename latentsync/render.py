@@ -30,7 +30,7 @@ from .media.decode import frames_in_order
 from .media.encode import VideoWriter
 from .media.probe import MediaInfo
 from .options import LipsyncOptions
-from .planner import BLEND_FRAMES, Action, Plan, Span, blend_weight, windows_for
+from .planner import BLEND_FRAMES, Action, Plan, Span, blend_weight, segment_edges, windows_for
 from .progress import ProgressCallback, notify, raise_if_cancelled
 from .windows import WAIT_S, JobWindows, ModelError, SpanCrops, WindowResult, hand_over
 
@@ -97,7 +97,9 @@ class Renderer:
         self._worker = threading.Thread(target=self._generate, daemon=True)
         self._worker.start()
         try:
-            writer = VideoWriter(output_path, info.width, info.height, self.plan.fps, audio_path=audio_path, crf=self.options.crf, work_dir=work_dir)
+            # Segments are encoded apart from the frames around them, which so stay the source's encode.
+            writer = VideoWriter(output_path, info.width, info.height, self.plan.fps, audio_path=audio_path, crf=self.options.crf, work_dir=work_dir,
+                                 cuts=segment_edges(self.plan.segments))
             with writer, closing(frames_in_order(video_path, self.plan.fps, self.plan.source_frames, info=info)) as frames:
                 outcomes = self._compose(frames, writer)
                 if self.windows.windows_failed and not self.windows.windows_denoised:
@@ -207,7 +209,7 @@ class Renderer:
 
     def _regenerate(self, span: Span, held: list[WindowResult], details: dict) -> list[WindowResult]:
         """A span scored below the threshold, once more with more guidance; kept if every window works."""
-        guidance = self.options.guidance_scale + LOW_SYNC_GUIDANCE_STEP
+        guidance = span.settings(self.options)[1] + LOW_SYNC_GUIDANCE_STEP
         retry = self.windows.redo(span, guidance)
         if any(result.faces is None for result in retry):
             return held

@@ -6,9 +6,10 @@ window that still does not fit keeps its original frames and the report names it
 error of the model (a CUDA error, a checkpoint that does not fit its config) fails the job at once
 with `ModelError`: a video that quietly kept its original mouths is not a result.
 
-Windows go through the model in plan order, `windows_per_batch` of the same length at a time
-(consecutive full windows of one span, or of the next spans too), and each batch draws its random
-numbers window after window: so a window's result is the same whatever the batch size. The one
+Windows go through the model in plan order, `windows_per_batch` of the same length and settings
+(steps and guidance: a segment may have its own) at a time (consecutive full windows of one span,
+or of the next spans too), and each batch draws its random numbers window after window: so a
+window's result is the same whatever the batch size. The one
 noise frame of the whole video is drawn first, from a CPU generator seeded with the job's seed.
 """
 
@@ -165,11 +166,12 @@ class JobWindows:
         self._ready: dict[int, WindowResult] = {}  # denoised ahead, by first frame
 
     def result(self, span: Span, window: range, across_spans: bool) -> WindowResult:
-        """The window at the job's guidance, denoised now with the windows after it (of the same
-        length, up to `windows_per_batch`; from later spans too if `across_spans`), or earlier."""
+        """The window at its span's guidance, denoised now with the windows after it (of the same
+        length and settings, up to `windows_per_batch`; from later spans too if `across_spans`),
+        or earlier."""
         if window.start not in self._ready:
             batch = self._batch_from(self._order[self._position[window.start] :], across_spans)
-            for (_, denoised), result in zip(batch, self.denoise(batch, self.options.guidance_scale)):
+            for (_, denoised), result in zip(batch, self.denoise(batch, span.settings(self.options)[1])):
                 self._ready[denoised.start] = result
         return self._ready.pop(window.start)
 
@@ -183,12 +185,14 @@ class JobWindows:
         return results
 
     def _batch_from(self, pending: list[tuple[Span, range]], across_spans: bool) -> list[tuple[Span, range]]:
-        """The first pending window and those after it that may share its batch: the same length,
-        up to `windows_per_batch`, of the same span unless `across_spans`."""
+        """The first pending window and those after it that may share its batch: the same length and
+        settings, up to `windows_per_batch`, of the same span unless `across_spans`."""
         first_span, first = pending[0]
         batch = pending[:1]
         for span, window in pending[1:]:
             if len(batch) == self.models.windows_per_batch or len(window) != len(first) or (span is not first_span and not across_spans):
+                break
+            if span.settings(self.options) != first_span.settings(self.options):
                 break
             batch.append((span, window))
         return batch
@@ -198,12 +202,13 @@ class JobWindows:
         same generator state (so each window keeps its result and a failure stays with its own
         window); any other error of the model fails the job (`ModelError`)."""
         raise_if_cancelled(self.cancel)
+        steps = batch[0][0].settings(self.options)[0]  # a batch shares its settings (`_batch_from`)
         if len(batch) > 1:
             state = self.generator.get_state()
             faces = [self._faces(span, window) for span, window in batch]
             try:
-                generated = self._run_model(faces, [window for _, window in batch], guidance)
-                return [self._count(WindowResult(window, window_faces)) for (_, window), window_faces in zip(batch, generated)]
+                generated = self._run_model(faces, [window for _, window in batch], guidance, steps)
+                return [self._count(WindowResult(window, window_faces), steps) for (_, window), window_faces in zip(batch, generated)]
             except Exception as error:
                 self._raise_unless_out_of_memory(error, [window for _, window in batch])
                 logger.warning("out of memory in a batch of %d windows; denoising them one at a time", len(batch))
@@ -216,12 +221,12 @@ class JobWindows:
         """One window, retried with less memory while it runs out; if it never fits, it keeps its
         original frames and the result says why. Recovering from lack of memory, the U-Net runs
         uncompiled (a compiled one pads the batch to its graphs' size)."""
-        state, faces = self.generator.get_state(), self._faces(span, window)
+        state, faces, steps = self.generator.get_state(), self._faces(span, window), span.settings(self.options)[0]
         for attempt, memory_savers in enumerate(MEMORY_SAVERS, start=1):
             self.generator.set_state(state)
             try:
-                generated = self._run_model([faces], [window], guidance, eager=recovering or attempt > 1, **memory_savers)
-                return self._count(WindowResult(window, generated[0]))
+                generated = self._run_model([faces], [window], guidance, steps, eager=recovering or attempt > 1, **memory_savers)
+                return self._count(WindowResult(window, generated[0]), steps)
             except Exception as error:
                 self._raise_unless_out_of_memory(error, [window])
                 logger.warning("out of memory (attempt %d of %d, %s)", attempt, len(MEMORY_SAVERS), memory_savers or "one batch")
@@ -240,7 +245,7 @@ class JobWindows:
         crops = self.crops[span][window.start - span.start : window.stop - span.start]
         return torch.from_numpy(crops).permute(0, 3, 1, 2)
 
-    def _run_model(self, faces: list[torch.Tensor], windows: list[range], guidance: float, eager: bool = False, **memory_savers) -> torch.Tensor:
+    def _run_model(self, faces: list[torch.Tensor], windows: list[range], guidance: float, steps: int, eager: bool = False, **memory_savers) -> torch.Tensor:
         """(n, f, 3, R, R) generated faces, on the CPU in float32, for n windows of f frames;
         `eager`: with the uncompiled U-Net."""
         audio = torch.stack([frame_chunks(self.audio_features, window.start, len(window), self.plan.fps) for window in windows])
@@ -249,7 +254,7 @@ class JobWindows:
         with models.model_lock:
             generated = models.denoiser(
                 unet, models.vae, models.scheduler, to_device(torch.stack(faces), self.device), to_device(audio, self.device, self.dtype), models.mask,
-                num_inference_steps=self.options.num_inference_steps,
+                num_inference_steps=steps,
                 guidance_scale=guidance,
                 initial_latents=self.noise[:, :, : len(windows[0])],
                 generator=self.generator,
@@ -258,9 +263,9 @@ class JobWindows:
             )
         return generated.float().cpu()
 
-    def _count(self, result: WindowResult) -> WindowResult:
+    def _count(self, result: WindowResult, steps: int) -> WindowResult:
         self.windows_denoised += 1
-        self.unet_window_steps += self.options.num_inference_steps
+        self.unet_window_steps += steps
         return result
 
 
