@@ -200,7 +200,7 @@ class LipsyncPipeline:
 
     @staticmethod
     def _job_audio(audio_path, segments) -> tuple[Path | None, list[Segment]]:
-        segments = with_paths(parse_segments(segments))
+        segments = with_paths(parse_segments(segments)) if segments else []  # an empty list from code: none
         if audio_path is None and not segments:
             raise ValueError("An audio input is needed (or segments that each have an audio of their own).")
         return (Path(audio_path) if audio_path is not None else None), segments
