@@ -1,5 +1,5 @@
 """What a job's denoising will cost on a GPU, priced from its plan before it runs: the one table of
-GPU rates, and the estimate made from it.
+GPU rates, the estimate made from it, and a plan as text (`describe_plan`).
 
 The work is counted in window-steps (one 16-frame window through one denoising step), which is
 what the plan knows exactly; the rates turn it into seconds. Every rate says what it rests on
@@ -66,3 +66,26 @@ def estimate(work: list[dict], deepcache: bool, version: str) -> dict:
 
 def _round(seconds: float) -> float:
     return math.ceil(seconds * 100) / 100 if seconds else 0.0
+
+
+def describe_plan(plan: dict) -> str:
+    """A plan (`PlanPreview.to_dict()`) as lines of text: the totals, each span, each segment, and
+    the estimated GPU seconds per version (labelled estimate or measured, as the table says)."""
+    frames, generated = plan["frames"], plan["frames_generated"]
+    lines = [f"Plan: {generated} of {frames} frames to regenerate ({generated / frames:.0%} of {plan['duration']:.2f} s) in "
+             f"{plan['windows']} windows, {plan['unet_window_steps']} U-Net window-steps."]
+    for span in plan["spans"]:
+        extra = [f"segment {span['segment']}"] if span.get("segment") else []
+        if span.get("steps"):
+            extra.append(f"{span['steps']} steps, guidance {span['guidance']:g}")
+        extra += [span[key] for key in ("reason", "detector") if span.get(key)]
+        lines.append(f"  {span['start']:8.2f}-{span['end']:<8.2f}s {span['action']:<17} {span['frames']:>6} frames  {'; '.join(extra)}".rstrip())
+    for row in plan.get("segments") or []:
+        ends = f", its audio ends at {row['speech_ends']:.2f} s (silent after)" if "speech_ends" in row else ""
+        lines.append(f"  segment {row['segment']}: {row['start']:.2f}-{row['end']:.2f} s, {row['audio']} audio from {row['audio_start']:.2f} s, "
+                     f"{row['steps']} steps, guidance {row['guidance']:g}: {row['frames_generated']} of {row['frames']} frames, {row['windows']} windows{ends}")
+    priced = plan["estimate"]
+    versions = ", ".join(f"{name}: {row['gpu_seconds']:.2f} s" for name, row in priced["by_version"].items())
+    label = "measured" if all(row["basis"].startswith("measured") for row in priced["by_version"].values()) else "estimate"
+    lines.append(f"GPU time for denoising ({label}, {priced['gpu']}): {versions}")
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ from .face.align import FaceAligner
 from .face.detect import FaceDetection
 from .face.track import Track
 from .options import LipsyncOptions
+from .segments import SegmentRange
 
 MIN_GENERATED_FRAMES = 4  # shorter regenerated runs between original ones flicker more than they help
 MAX_SPAN_FRAMES = 250  # longer generated runs are scored (and, if asked, regenerated) in pieces of 10 s at 25 fps
@@ -184,20 +185,6 @@ def blend_weight(position: int, length: int, after_original: bool, before_origin
 
 
 # ---- segments: regenerate only inside them -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SegmentRange:
-    """A segment in output frames (`segments.segment_ranges`): it may regenerate [start, end);
-    its audio ends at frame `speech_end` (the frames after it are silent); its settings (None: the
-    job's)."""
-
-    index: int
-    start: int
-    end: int
-    speech_end: int
-    steps: int | None = None
-    guidance: float | None = None
 
 
 def restrict_to_segments(actions: list[Action], segments: list[SegmentRange]) -> list[Action]:

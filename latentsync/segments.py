@@ -17,7 +17,7 @@ Everything here is plain data and arithmetic, tested on its own:
    service's input table for the per-segment settings).
 2. `check_segments`: the rules that need the media's lengths: inside the video, `audio_start`
    inside its audio, some audio for every segment.
-3. `segment_ranges`: segments as output frame ranges for the planner (`planner.SegmentRange`).
+3. `segment_ranges`: segments as output frame ranges for the planner (`SegmentRange`).
 4. `compose_audio`: the output's audio: the source's, each segment's span replaced by its audio,
    sample-accurate at the boundaries with a short cross-fade inside them.
 """
@@ -31,10 +31,23 @@ import numpy as np
 
 from .config import MAX_SEGMENTS, SEGMENT_CROSSFADE_S, SERVICE_INPUTS
 from .options import check_input
-from .planner import SegmentRange
 
 SEGMENT_KEYS = ("start", "end", "audio", "audio_start", "guidance_scale", "inference_steps")
 EXAMPLE = '[{"start": 2.0, "end": 3.5, "audio": "name.wav"}]'
+
+
+@dataclass(frozen=True)
+class SegmentRange:
+    """A segment in output frames (`segment_ranges`), as the planner takes it: it may regenerate
+    [start, end); its audio ends at frame `speech_end` (the frames after it are silent); its
+    settings (None: the job's)."""
+
+    index: int
+    start: int
+    end: int
+    speech_end: int
+    steps: int | None = None
+    guidance: float | None = None
 
 
 class SegmentError(ValueError):

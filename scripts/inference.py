@@ -29,7 +29,7 @@ from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFER
 from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.progress import Progress
-from latentsync.report import describe_plan
+from latentsync.estimate import describe_plan
 from latentsync.segments import read_segments_file
 from latentsync.timeline import save_timeline
 from latentsync.weights import WeightsError, load_manifest, model_files

@@ -11,10 +11,11 @@ from latentsync.config import MAX_SEGMENTS
 from latentsync.estimate import DEEPCACHE_SHARE, NO_GUIDANCE_SHARE, RATES, estimate
 from latentsync.face.track import build_tracks, choose_speaker
 from latentsync.options import LipsyncOptions
-from latentsync.planner import Action, SegmentRange, Span, assign_segments, plan_job, restrict_to_segments, windows_for
+from latentsync.planner import Action, Span, assign_segments, plan_job, restrict_to_segments, windows_for
 from latentsync.segments import (
     Segment,
     SegmentError,
+    SegmentRange,
     audio_piece,
     check_segments,
     compose_audio,
