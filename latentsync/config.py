@@ -132,6 +132,7 @@ APP_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 to serve the network
 APP_PORT = 7860  # Gradio's usual port
 DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/ and work/
 APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
+APP_SEGMENT_ROWS = 3  # segments the page's table offers (the API takes up to MAX_SEGMENTS)
 
 # ---- self-hosted GPUs: the queue and its workers (python -m latentsync.worker) ---------------------
 

@@ -11,6 +11,7 @@ pyplot, so servers can draw from any thread.
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -66,6 +67,13 @@ def save_timeline(report: dict, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     timeline_figure(report).savefig(path, format="png")
     return path
+
+
+def timeline_image(report: dict) -> np.ndarray:
+    """`report`'s picture as an RGB array (H, W, 3), for pages that show it without a file."""
+    figure = timeline_figure(report)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
 
 
 def _draw_spans(axis, spans: list[dict], duration: float) -> list:

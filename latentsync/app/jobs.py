@@ -1,5 +1,6 @@
 """The web app's jobs, apart from the page: the service's checks, a run on the loaded models into
-a result folder of its own, and the finished results kept for the browsers that asked for them.
+a result folder of its own, a job's plan (no model runs), and the finished results kept for the
+browsers that asked for them.
 
 A result folder (under the app's results/) holds the lip-synced video, the report, its timeline
 picture, a link to the source video and `job.json`; it appears under its final name only when
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import place
-from ..client.params import validate
 from ..config import APP_RESULT_MAX_AGE_S
-from ..options import LipsyncOptions, options_from_inputs
+from ..options import LipsyncOptions, options_from_inputs, validate_inputs
 from ..progress import ProgressCallback
+from ..segments import Segment, parse_segments, with_audio_files
 from ..serving import ModelVersions
 from ..timeline import save_timeline
 from ..validation import check_inputs
@@ -60,37 +61,51 @@ class Jobs:
         self._by_browser: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
-    def check(self, video, audio, inputs: dict) -> tuple[LipsyncOptions, str]:
-        """The service's checks and messages: both files (`validation.check_inputs`) and every
-        option's type and range. Returns the job's options and model version; raises ValueError
-        (one sentence)."""
+    def check(self, video, audio, inputs: dict, segment_audio=()) -> tuple[LipsyncOptions, str, list[Segment]]:
+        """The service's checks and messages: every input's type and range (the one table), the
+        segments (each naming its file in `segment_audio` by index), and the files
+        (`validation.check_inputs`). Returns the job's options, model version and segments;
+        raises ValueError (one sentence)."""
         if not video:
             raise InputError("Upload a video with a visible face (mp4, mov, mkv, webm or avi).")
-        if not audio:
-            raise InputError("Upload the speech to lip-sync to: an audio file, or a video whose audio track to use.")
-        check_inputs(Path(video), Path(audio))
-        inputs = validate(inputs)
-        return options_from_inputs(**inputs), inputs["version"]
+        inputs = validate_inputs(inputs)
+        segments = with_audio_files(parse_segments(inputs.get("segments", "")), [Path(path) for path in segment_audio or []])
+        if not audio and not segments:
+            raise InputError("Upload the speech to lip-sync to: an audio file, or a video whose audio track to use (or add segments, each with its clip).")
+        check_inputs(Path(video), Path(audio) if audio else None, segments)
+        return options_from_inputs(**inputs), inputs["version"], segments
+
+    def plan(self, video, audio, inputs: dict, segment_audio=(), progress: ProgressCallback | None = None,
+             cancel: threading.Event | None = None) -> dict:
+        """What lip-syncing these inputs would do, and its estimated GPU time: the plan as a dict
+        (`LipsyncPipeline.plan`); no model runs."""
+        options, version, segments = self.check(video, audio, inputs, segment_audio)
+        preview = self.models.get(version).plan(Path(video), Path(audio) if audio else None, options, segments=segments, progress=progress, cancel=cancel)
+        return preview.to_dict()
 
     def run(self, video, audio, inputs: dict, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-            browser: str | None = None) -> JobResult:
-        """Check and lip-sync `video` to `audio` with the service `inputs`; the result is listed
-        for `browser` (an id the page keeps in the browser), if given."""
-        options, version = self.check(video, audio, inputs)
+            browser: str | None = None, segment_audio=()) -> JobResult:
+        """Check and lip-sync `video` to `audio` with the service `inputs` (with segments: only
+        their time ranges, to their clips in `segment_audio`); the result is listed for
+        `browser` (an id the page keeps in the browser), if given."""
+        options, version, segments = self.check(video, audio, inputs, segment_audio)
         self._remove_old_results()
-        video, audio = Path(video), Path(audio)
+        video, audio = Path(video), Path(audio) if audio else None
         job_id = uuid.uuid4().hex[:12]
         work = self.results_dir / f".{job_id}.partial"
         work.mkdir()
         try:
             pipeline = self.models.get(version)
             output = work / f"{video.stem}_lipsync.mp4"
-            result = pipeline(video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir, progress=progress, cancel=cancel)
+            result = pipeline(video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir, progress=progress, cancel=cancel,
+                              segments=segments)
             report = result.report.to_dict()
             save_timeline(report, work / "timeline.png")
             source = work / f"source{video.suffix.lower()}"
             place(video, source)
-            record = {"id": job_id, "title": f"{video.name} + {audio.name}", "created": time.time(), "video": output.name, "source": source.name}
+            speech = f"{audio.name} + " if audio else ""
+            title = f"{video.name} + {speech}{len(segments)} segment{'s' * (len(segments) != 1)}" if segments else f"{video.name} + {audio.name}"
+            record = {"id": job_id, "title": title, "created": time.time(), "video": output.name, "source": source.name}
             (work / JOB_FILE).write_text(json.dumps(record))
             work.rename(self.results_dir / job_id)
         except BaseException:
