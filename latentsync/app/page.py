@@ -120,26 +120,28 @@ class LipsyncPage:
         rows = []
         with gr.Accordion("Replace a few seconds (segments)", open=False, elem_id="segments"):
             gr.Markdown("Only these time ranges of the video are re-made, each speaking its clip (without one: the speech above at that "
-                        "time); outside them the video and its sound stay as they are. Leave a row's start and end empty to skip it.")
+                        "time); outside them the video and its sound stay as they are. A row whose end is 0 is skipped; audio start, "
+                        "steps and guidance at 0 take their defaults.")
             for number in range(1, APP_SEGMENT_ROWS + 1):
                 with gr.Row(equal_height=True):
                     numbers = {field: gr.Number(None, label=f"{number}: {field.replace('_', ' ')}" + (" (s)" if field in ("start", "end", "audio_start") else ""),
                                                 minimum=0, elem_id=f"segment-{number}-{field.replace('_', '-')}", min_width=80)
                                for field in SEGMENT_FIELDS}
-                    clip = gr.File(label=f"{number}: its speech", elem_id=f"segment-{number}-audio", height=60, min_width=160)
+                    clip = gr.File(label=f"{number}: its speech", elem_id=f"segment-{number}-audio", min_width=240)
                 rows.append((*numbers.values(), clip))
         return rows, gr.File(file_count="multiple", visible=False, label=SEGMENT_AUDIO_DESCRIPTION)
     # ---- events ------------------------------------------------------------------------------
 
     def segments_of_rows(self, *values):
         """The table's filled rows as the service's segments (JSON, each naming its clip by its
-        index) and the list of clips; a row without start and end is skipped."""
+        index) and the list of clips. A row whose end is empty or 0 is skipped; its other numbers,
+        empty or 0, take their defaults (a number field shows 0 when empty)."""
         segments, clips = [], []
         for row in zip(*[iter(values)] * (len(SEGMENT_FIELDS) + 1)):
             numbers, clip = dict(zip(SEGMENT_FIELDS, row)), _path(row[-1])
-            if numbers["start"] is None and numbers["end"] is None:
+            if not numbers["end"]:
                 continue
-            segment = {field: value for field, value in numbers.items() if value is not None}
+            segment = {"start": numbers["start"] or 0} | {field: value for field, value in numbers.items() if field != "start" and value}
             if clip:
                 segment["audio"] = len(clips)
                 clips.append(clip)
