@@ -93,11 +93,7 @@ def build_report(plan: Plan, rendered: RenderResult, options: LipsyncOptions, ve
         spans=spans,
         seed=options.seed,
         version=version,
-        fps=plan.fps,
-        frames=total,
-        duration=round(total / plan.fps, 3),
-        frames_generated=generated,
-        fraction_skipped=round(1 - generated / total, 4),
+        **_frame_totals(plan, generated),
         sync_confidence=round(sum(c * n for c, n in scored) / sum(n for _, n in scored), 3) if scored else None,
         unet_window_steps=rendered.unet_window_steps,
         unet_window_steps_every_frame=math.ceil(total / FRAMES_PER_WINDOW) * options.num_inference_steps,
@@ -106,6 +102,13 @@ def build_report(plan: Plan, rendered: RenderResult, options: LipsyncOptions, ve
         failed_windows=rendered.failed_windows,
         segments=segment_rows(segments, plan, spans, windows, options) if segments else None,
     )
+
+
+def _frame_totals(plan: Plan, generated: int) -> dict:
+    """The output's frame rate, frames and duration, and how many of its frames are regenerated."""
+    total = len(plan.source_frames)
+    return {"fps": plan.fps, "frames": total, "duration": round(total / plan.fps, 3), "frames_generated": generated,
+            "fraction_skipped": round(1 - generated / total, 4)}
 
 
 def span_entries(span: Span, outcome: SpanOutcome | None, fps: float, options: LipsyncOptions | None = None) -> list[ReportSpan]:
@@ -189,16 +192,10 @@ def build_preview(plan: Plan, options: LipsyncOptions, version: str, segments: l
         if "segment" in span.details:
             windows[span.details["segment"]] = windows.get(span.details["segment"], 0) + count
     rows = [{"steps": steps, "guidance": guidance, "windows": count} for (steps, guidance), count in sorted(work.items())]
-    total = len(plan.source_frames)
-    generated = sum(len(span) for span in plan.generated_spans)
     return PlanPreview(
         spans=spans,
         version=version,
-        fps=plan.fps,
-        frames=total,
-        duration=round(total / plan.fps, 3),
-        frames_generated=generated,
-        fraction_skipped=round(1 - generated / total, 4),
+        **_frame_totals(plan, sum(len(span) for span in plan.generated_spans)),
         windows=sum(windows_count for windows_count in work.values()),
         unet_window_steps=sum(row["windows"] * row["steps"] for row in rows),
         work=rows,
