@@ -49,6 +49,10 @@ class Predictor(BaseRunner):
         self.models = ModelVersions(DEFAULT_VERSION)
         self._outputs = OutputFolders(LocalPath(tempfile.mkdtemp(prefix="latentsync-outputs-")), OUTPUT_MAX_AGE_S)
 
+    def healthcheck(self) -> bool:
+        """Cog's health check: False once the GPU stopped working (`ModelVersions.run`)."""
+        return self.models.healthy()
+
     async def run(
         self,
         video: Path = Input(description="Video with a visible face (mp4, mov, mkv, webm, avi; up to 4K, 10 minutes)."),
@@ -78,24 +82,24 @@ class Predictor(BaseRunner):
         arguments = locals()
         inputs = {name: arguments[name] for name in SERVICE_INPUTS}  # every input of the table, by its name
         self._outputs.remove_old()
+        options = options_from_inputs(**inputs)  # the options first: a bad number is refused before any file is read
         video, audio = LocalPath(video), LocalPath(audio) if audio is not None else None
         job_segments = with_audio_files(parse_segments(segments), [LocalPath(path) for path in segment_audio or []])
         await in_thread(check_inputs, video, audio, job_segments)
-        options = options_from_inputs(**inputs)
         print(f"Using seed: {options.seed}")
         # The work runs in a thread, so the server can take another prediction meanwhile
         # (COG_MAX_CONCURRENCY > 1 needs an async run()).
-        pipeline = await in_thread(self.models.get, version)
         cancel = threading.Event()  # set when Cog cancels the prediction: the job stops within a window
         if plan_only:
             with self._outputs.new() as folder:
+                pipeline = await in_thread(self.models.get, version)
                 preview = await in_thread(pipeline.plan, video, audio, options, segments=job_segments, progress=ProgressLog(logger.info), cancel=cancel)
                 write_json_atomically(folder / "plan.json", preview.to_dict())
             self.record_metric("windows_planned", preview.windows)
             return Path(folder / "plan.json")
         with self._outputs.new() as folder:
             result = await in_thread(
-                pipeline, video, audio, folder / "output.mp4", options, temp_dir=folder / "work",
+                self.models.run, version, video, audio, folder / "output.mp4", options, temp_dir=folder / "work",
                 progress=ProgressLog(logger.info), cancel=cancel, segments=job_segments,
             )
             shutil.rmtree(folder / "work", ignore_errors=True)

@@ -42,6 +42,7 @@ DEFAULT_VERSION = "1.6"
 DEFAULT_INFERENCE_STEPS = 20
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_SEED = 1247
+SEED_MAX = 2**32 - 1  # the official seeds numpy too, which takes 0 .. 2**32 - 1; JSON and JavaScript carry it exactly
 DEFAULT_ENABLE_DEEPCACHE = True  # the service's default; the official CLI flag stays opt-in
 DEFAULT_CRF = 18
 
@@ -68,7 +69,7 @@ LOW_SYNC_ACTIONS = ("regenerate", "passthrough")
 SERVICE_INPUTS = {
     "guidance_scale": InputSpec(float, DEFAULT_GUIDANCE_SCALE, "How strongly the mouth follows the audio (classifier-free guidance).", 1.0, 3.0),
     "inference_steps": InputSpec(int, DEFAULT_INFERENCE_STEPS, "Denoising steps: more is slower and slightly sharper.", 20, 50),
-    "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report)."),
+    "seed": InputSpec(int, DEFAULT_SEED, "Random seed; -1 or 0 picks one (printed and put in the report).", -1, SEED_MAX),
     "version": InputSpec(str, DEFAULT_VERSION, "LatentSync model: 1.6 (512 px, sharper) or 1.5 (256 px, faster).", choices=("1.5", "1.6")),
     "enable_deepcache": InputSpec(bool, DEFAULT_ENABLE_DEEPCACHE, "Reuse deep U-Net features between steps: about 2x faster, nearly identical."),
     "length_mode": InputSpec(
@@ -130,9 +131,15 @@ MAX_FRAME_SIDE = 4096  # 4K (3840x2160 or 4096x2160), portrait or landscape
 
 APP_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 to serve the network
 APP_PORT = 7860  # Gradio's usual port
-DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/ and work/
+DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/, previews/ and work/
 APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
 APP_SEGMENT_ROWS = 3  # segments the page's table offers (the API takes up to MAX_SEGMENTS)
+APP_MAX_QUEUE = 20  # jobs waiting for the model; a visitor past this is told the queue is full
+APP_CHECKS_AT_ONCE = 4  # upload checks and speech previews (ffprobe, a short encode) run beside the model, this many at a time
+APP_FILES_PER_UPLOAD = 2  # files one upload request may carry: the video and the speech, of MAX_INPUT_BYTES each
+APP_BROWSERS_KEPT = 10_000  # browsers whose results are listed; the least recently seen is forgotten first
+APP_RESULTS_PER_BROWSER = 50  # a browser's newest results listed
+APP_URL_FETCH_S = 600.0  # the longest a URL input may take to download (it is also capped at MAX_INPUT_BYTES)
 
 # ---- self-hosted GPUs: the queue and its workers (python -m latentsync.worker) ---------------------
 
@@ -182,6 +189,12 @@ def webhook_secret() -> str | None:
     and to whatever receives their webhooks (from the environment, so it never shows in the process
     list)."""
     return os.environ.get("LATENTSYNC_WEBHOOK_SECRET") or None
+
+
+def app_auth() -> str | None:
+    """$LATENTSYNC_APP_AUTH: the web app's login, "user:password" (read from the environment, so it
+    never shows in the process list; --auth-file is the other way)."""
+    return os.environ.get("LATENTSYNC_APP_AUTH") or None
 
 
 def queue_url() -> str | None:

@@ -48,6 +48,20 @@ def describe_device(device, dtype: torch.dtype) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)}, compute capability {major}.{minor}, {precision}, {free / GiB:.1f} of {total / GiB:.1f} GiB free)"
 
 
+def device_works(device) -> bool:
+    """Whether `device` still runs work: some CUDA errors (an illegal memory access) leave the
+    process's CUDA context unusable, and every later call on it fails too."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    try:
+        torch.ones(1, device=device).add_(1).item()
+        torch.cuda.synchronize(device)
+        return True
+    except Exception:
+        return False
+
+
 def require_gpu_unless_allowed(device, allow_cpu: bool) -> None:
     """A CUDA build of PyTorch (the GPU image) that finds no usable GPU fails loudly (a host driver
     too old for its CUDA, no GPU passed to the container), unless running on the CPU is intended."""

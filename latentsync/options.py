@@ -3,6 +3,7 @@ typed into them: the service's inputs checked against their one table, the speak
 box, and the random seed."""
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from .config import (
     DEFAULT_SEED,
     LENGTH_MODES,
     LOW_SYNC_ACTIONS,
+    SEED_MAX,
     SERVICE_INPUTS,
     InputSpec,
 )
@@ -38,14 +40,40 @@ class LipsyncOptions:
     crf: int = DEFAULT_CRF
 
     def __post_init__(self):
+        """Every option checked at once, before any work: numbers must be finite and in range."""
         if self.length_mode not in LENGTH_MODES:
             raise ValueError(f"length_mode must be one of {', '.join(LENGTH_MODES)}, got {self.length_mode!r}.")
-        if self.num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be at least 1.")
-        if self.guidance_scale < 1.0:
-            raise ValueError("guidance_scale must be at least 1.0 (1.0 turns classifier-free guidance off).")
         if self.low_sync_action not in LOW_SYNC_ACTIONS:
             raise ValueError(f"low_sync_action must be one of {', '.join(LOW_SYNC_ACTIONS)}.")
+        check_number("num_inference_steps", self.num_inference_steps, 1, integer=True)
+        check_number("guidance_scale", self.guidance_scale, 1.0, note=" (1.0 turns classifier-free guidance off)")
+        check_number("seed", self.seed, 0, SEED_MAX, integer=True, note=" (the random generator's range)")
+        check_number("min_silence_s", self.min_silence_s, 0.0)
+        check_number("max_yaw_degrees", self.max_yaw_degrees, 0.0, 180.0)
+        if self.min_sync_confidence is not None:
+            check_number("min_sync_confidence", self.min_sync_confidence, 0.0)
+        check_number("crf", self.crf, 0, 51, integer=True, note=" (H.264's quality scale)")
+        for name in ("speaker_point", "speaker_box"):
+            for number in getattr(self, name) or ():
+                check_number(name, number)
+
+
+def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False, note: str = "") -> None:
+    """Raise ValueError (one sentence naming `name`) unless `value` is a finite number (an integer
+    when `integer`) within [minimum, maximum]. NaN and infinity pass no comparison, so they are
+    refused here explicitly: JSON parsers accept them, and they would otherwise slip through."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or (integer and math.isfinite(value) and value != int(value)):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"between {_shown(minimum)} and {_shown(maximum)}" if maximum is not None else f"at least {_shown(minimum)}"
+        raise ValueError(f"{name} must be {bounds}{note}, got {_shown(value)}.")
+
+
+def _shown(number) -> str:
+    """2, 1.5, 18446744073709551615 (integers in full), 1e+300."""
+    return str(number) if isinstance(number, numbers.Integral) and abs(number) < 10**20 else f"{number:g}"
 
 
 def validate_inputs(inputs: dict) -> dict:
@@ -70,12 +98,8 @@ def check_input(name: str, value, spec: InputSpec):
             raise ValueError(f"{name} must be true or false, got {value!r}.")
         return value
     if spec.kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (spec.kind is int and value != int(value)):
-            raise ValueError(f"{name} must be {'an integer' if spec.kind is int else 'a number'}, got {value!r}.")
-        value = spec.kind(value)
-        if (spec.minimum is not None and value < spec.minimum) or (spec.maximum is not None and value > spec.maximum):
-            raise ValueError(f"{name} must be between {spec.minimum:g} and {spec.maximum:g}, got {value:g}.")
-        return value
+        check_number(name, value, spec.minimum, spec.maximum, integer=spec.kind is int)
+        return spec.kind(value)
     value = str(value)
     if spec.choices and value not in spec.choices:
         raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}.")
@@ -107,7 +131,9 @@ def options_from_inputs(**inputs) -> LipsyncOptions:
 
 def resolve_seed(seed: int, zero_is_random: bool = False) -> int:
     """`seed`, or a fresh random one for -1 (and for 0 where the front end means "random" by it,
-    as the hosted model does; the official CLI takes 0 as a seed)."""
+    as the hosted model does; the official CLI takes 0 as a seed). Anything else must be an
+    integer in the generator's range (ValueError otherwise)."""
+    check_number("seed", seed, -1, SEED_MAX, integer=True, note=" (-1 picks one)")
     if seed == -1 or (zero_is_random and seed == 0):
         return int.from_bytes(os.urandom(4), "big") % (2**31 - 1) + 1
     return int(seed)
@@ -133,6 +159,9 @@ def _numbers_then_frame(text: str | None, count: int, name: str, form: str) -> t
         frame = int(parts[count]) if len(parts) > count else 0
         if frame < 0:
             raise ValueError
-        return (*(float(part) for part in parts[:count]), frame)
+        numbers_given = tuple(float(part) for part in parts[:count])
+        if not all(map(math.isfinite, numbers_given)):
+            raise ValueError
+        return (*numbers_given, frame)
     except ValueError:
         raise ValueError(f"{name} must be {form}, got {text!r}.") from None

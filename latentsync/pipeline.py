@@ -49,6 +49,7 @@ from .segments import Segment, check_segments, parse_segments, segment_ranges, w
 from .windows import ModelError
 from .report import JobReport, PlanPreview, build_preview, build_report, log_spans
 from .sync import SyncNetScorer
+from .weights import weights_identity
 
 
 @dataclass
@@ -98,16 +99,20 @@ class LipsyncPipeline:
         max_duration_s: the most seconds of audio or video a job decodes, whatever the files'
             headers declare (a service's limit); None takes any length.
         model_lock: the lock that keeps one batch at a time on the device (versions share one).
+        model_identity: what else determines the output besides `version`, for result-cache keys
+            (`from_files` gives the weights' sha256, precision, device type and face detector).
     """
 
     def __init__(self, unet, vae, scheduler, audio_encoder: AudioEncoder, face_detector: FaceDetector, mask, resolution: int,
                  sync_scorer: SyncNetScorer | None = None, version: str = "", cache: ResultCache | None = None,
                  denoiser=denoise_windows, windows_per_batch: int | None = None, compile_unet: bool = False,
-                 compile_backend: str = "inductor", max_duration_s: float | None = None, model_lock=None):
+                 compile_backend: str = "inductor", max_duration_s: float | None = None, model_lock=None,
+                 model_identity: dict | None = None):
         self.vae, self.scheduler, self.mask, self.resolution = vae, scheduler, mask, resolution
         self.audio_encoder, self.face_detector, self.sync_scorer = audio_encoder, face_detector, sync_scorer
         self.version, self.cache, self.denoiser = version, cache, denoiser
         self.compile_unet, self.compile_backend, self.max_duration_s = compile_unet, compile_backend, max_duration_s
+        self.model_identity = {**(model_identity or {}), "version": version}
         self.windows_per_batch = windows_per_batch or auto_windows_per_batch(unet, resolution)
         self.unet = CompiledUNet(unet, self.windows_per_batch, compile_backend) if compile_unet else unet
         # One batch at a time on the device, whichever version: the scheduler keeps per-batch state,
@@ -128,10 +133,14 @@ class LipsyncPipeline:
         dtype = model_dtype(device, precision)
         if sync_scorer is None and files.syncnet and Path(files.syncnet).exists():
             sync_scorer = SyncNetScorer(files.syncnet, device=device)
+        detector = create_detector(face_detector, model_root=files.insightface_root, device=str(device))  # "auto" may fall back
+        identity = {"precision": str(dtype), "device": device.type, "face_detector": type(detector).__name__}
+        if settings.get("cache") is not None:  # hashing hand-laid weights is worth it only for a cache
+            identity["weights"] = weights_identity(files)
         return cls(
             unet or load_unet(files, device, dtype), load_vae(files.vae_dir, device=device, dtype=dtype), load_scheduler(),
-            AudioEncoder(files.whisper, device=device), create_detector(face_detector, model_root=files.insightface_root, device=str(device)),
-            load_training_mask(files.mask, files.resolution), files.resolution, sync_scorer=sync_scorer, version=files.version, **settings,
+            AudioEncoder(files.whisper, device=device), detector, load_training_mask(files.mask, files.resolution), files.resolution,
+            sync_scorer=sync_scorer, version=files.version, model_identity=identity, **settings,
         )
 
     def for_version(self, files, unet) -> "LipsyncPipeline":
@@ -141,6 +150,7 @@ class LipsyncPipeline:
             unet, self.vae, load_scheduler(), self.audio_encoder, self.face_detector, load_training_mask(files.mask, files.resolution),
             files.resolution, sync_scorer=self.sync_scorer, version=files.version, cache=self.cache, denoiser=self.denoiser,
             compile_unet=self.compile_unet, compile_backend=self.compile_backend, max_duration_s=self.max_duration_s, model_lock=self.model_lock,
+            model_identity={**self.model_identity, "weights": weights_identity(files)} if self.cache is not None else self.model_identity,
         )
 
     def self_test(self) -> None:
@@ -166,23 +176,25 @@ class LipsyncPipeline:
                              f"{type(error).__name__}: {error}") from error
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
-                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, segments=None) -> LipsyncResult:
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, cache_scope: str = "",
+                 segments=None) -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
         Intermediate files live in a private folder under `temp_dir`, removed afterwards. With a
         result cache, a repeated request is answered from the cache without running the model.
         `progress` hears how far the job is; setting `cancel` stops it (see `latentsync.progress`).
-        `segments` (see `latentsync.segments`: `Segment`s, dicts or JSON text, audio as file
-        paths) re-make only those time ranges; `audio_path` may then be None when every segment
-        has an audio of its own.
+        A cache hit is served only within the same `cache_scope` (a server's visitor, say), so one
+        caller cannot learn from it what another ran. `segments` (see `latentsync.segments`:
+        `Segment`s, dicts or JSON text, audio as file paths) re-make only those time ranges;
+        `audio_path` may then be None when every segment has an audio of its own.
         """
         video_path, output_path = Path(video_path), Path(output_path)
         audio_path, segments = self._job_audio(audio_path, segments)
         options = options or LipsyncOptions()
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
         run = partial(self._run, video_path, audio_path, options=options, segments=segments, temp_dir=temp_dir, progress=progress, cancel=cancel)
-        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, segments)
+        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, cache_scope, segments)
         write_json_atomically(report_path, report.to_dict())
         return LipsyncResult(output_path, report, report_path)
 
@@ -205,7 +217,7 @@ class LipsyncPipeline:
             raise ValueError("An audio input is needed (or segments that each have an audio of their own).")
         return (Path(audio_path) if audio_path is not None else None), segments
 
-    def _run_cached(self, run, video_path, audio_path, options, output_path, segments: list[Segment]) -> JobReport:
+    def _run_cached(self, run, video_path, audio_path, options, output_path, scope: str, segments: list[Segment]) -> JobReport:
         """`run` the job into the result cache (unless it holds the result already), then copy it
         out. A result with failed windows is handed over once and not kept: a repeat runs again."""
 
@@ -218,7 +230,7 @@ class LipsyncPipeline:
 
         try:
             params = asdict(options) | ({"segments": [_segment_key(segment) for segment in segments]} if segments else {})
-            cached = self.cache.get_or_create(cache_key(video_path, audio_path, params, self.version), produce)
+            cached = self.cache.get_or_create(cache_key(video_path, audio_path, params, self.model_identity, scope), produce)
         except _NotKept as degraded:
             return degraded.report
         place(cached.dir / "output.mp4", output_path)

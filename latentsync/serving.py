@@ -13,10 +13,11 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 from .cache import ResultCache  # noqa: E402 (after the allocator setting)
 from .config import DEFAULT_VERSION, MAX_DURATION_S, allow_cpu, compile_requested  # noqa: E402
 from .denoise import load_unet  # noqa: E402
-from .device import default_device, describe_device, model_dtype, peak_rss_gb, require_gpu_unless_allowed  # noqa: E402
+from .device import default_device, describe_device, device_works, model_dtype, peak_rss_gb, require_gpu_unless_allowed  # noqa: E402
 from .logs import native_stderr_captured, warm_up  # noqa: E402
-from .pipeline import LipsyncPipeline  # noqa: E402
+from .pipeline import LipsyncPipeline, LipsyncResult  # noqa: E402
 from .weights import ensure_weights, load_manifest  # noqa: E402
+from .windows import ModelError  # noqa: E402
 
 logger = logging.getLogger("latentsync")
 
@@ -45,11 +46,35 @@ class ModelVersions:
         pipeline.self_test()
         self._pipelines = {version: pipeline}
         self._loading = threading.Lock()
+        self.failed_state: str | None = None  # set when the device stopped working: the server is unhealthy
         logger.info(
             "setup: weights ready in %.1f s, models loaded in %.1f s and tested in %.1f s on %s%s, peak memory %.2f GB",
             fetched - started, loaded - fetched, time.perf_counter() - loaded, describe_device(self.device, self.dtype),
             ", U-Net compiled" if pipeline.compile_unet else "", peak_rss_gb(),
         )
+
+    def run(self, version: str, *args, **kwargs) -> LipsyncResult:
+        """A job on `version`'s pipeline (arguments as `LipsyncPipeline.__call__`).
+
+        After a model error the device is checked: a GPU left unusable (a sticky CUDA error fails
+        every later call of the process) marks the server unhealthy (`healthy()`, which Cog's
+        health check reports, so the orchestrator replaces it), and later jobs fail at once with
+        that sentence instead of failing on the device one after another.
+        """
+        if self.failed_state:
+            raise ModelError(self.failed_state)
+        pipeline = self.get(version)
+        try:
+            return pipeline(*args, **kwargs)
+        except ModelError:
+            if not device_works(self.device):
+                self.failed_state = (f"The GPU ({describe_device(self.device, self.dtype)}) stopped working after a model error; "
+                                     "this server must be restarted.")
+                logger.error(self.failed_state)
+            raise
+
+    def healthy(self) -> bool:
+        return self.failed_state is None
 
     def get(self, version: str) -> LipsyncPipeline:
         """The pipeline of `version`, loading (and testing) it first if needed."""

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,6 +83,7 @@ class ModelFiles:
     mask: Path
     insightface_root: Path | None
     syncnet: Path | None
+    sha256: dict[str, str] = field(default_factory=dict)  # role -> sha256, of the files ensure_weights verified
 
 
 def load_manifest(path=None) -> Manifest:
@@ -128,9 +129,12 @@ def ensure_weights(version: str, weights_dir=None, manifest: Manifest | None = N
     """Local, verified paths for every file of `version`, downloading what is missing or broken."""
     manifest = manifest or load_manifest()
     root = Path(weights_dir or default_weights_dir())
-    for entry in manifest.files_for(version).values():
+    entries = manifest.files_for(version)
+    for entry in entries.values():
         ensure_file(entry, root)
-    return model_files(version, root, manifest)
+    files = model_files(version, root, manifest)
+    files.sha256 = {role: _expected_sha256(entry, root) for role, entry in entries.items()}
+    return files
 
 
 def model_files(version: str, weights_dir=None, manifest: Manifest | None = None) -> ModelFiles:
@@ -155,6 +159,18 @@ def model_files(version: str, weights_dir=None, manifest: Manifest | None = None
         insightface_root=detector.parents[2] if detector else None,  # <root>/models/buffalo_l/det_10g.onnx
         syncnet=path("syncnet"),
     )
+
+
+def weights_identity(files: ModelFiles) -> dict[str, str]:
+    """What the weights of `files` are, for result-cache keys: the sha256 of every file the model
+    loads, and of its U-Net config. Files `ensure_weights` verified have theirs from the manifest
+    (or the lock file); files laid out by hand are hashed now, so call this once, at load."""
+    if files.sha256:
+        return {**files.sha256, "unet_config": sha256_of(files.unet_config)}
+    folders = [files.vae_dir] + ([files.insightface_root] if files.insightface_root else [])
+    paths = [files.unet_checkpoint, files.unet_config, files.whisper, files.mask, files.syncnet]
+    paths += [path for folder in folders for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+    return {str(path): sha256_of(path) for path in paths if path is not None and Path(path).is_file()}
 
 
 def ensure_file(entry: WeightFile, root: Path) -> Path:

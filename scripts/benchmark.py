@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from latentsync.config import REPO_ROOT, shared_dir
+from scripts.benchmark_gpu import table_rows as gpu_table_rows
 
 OUT = REPO_ROOT / "bench"
 SHARED_ASSETS = shared_dir() / "assets"
@@ -200,7 +201,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
     gpu = results.get("gpu")
     if gpu:
-        lines += gpu_rows(gpu)
+        lines += gpu_table_rows(gpu)
     else:
         from latentsync.estimate import RATES
 
@@ -209,25 +210,6 @@ def markdown(results: dict) -> str:
         lines.append(f"| GPU seconds per output second, 20 steps, before DeepCache (latentsync.estimate.RATES: estimate, not measured) | {per_second} "
                      "(one window-step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance, at ~400 TFLOP/s, about 40% of an H100's dense fp16 rate) |")
     return "\n".join(lines) + "\n"
-
-
-def gpu_rows(gpu: dict) -> list[str]:
-    """The GPU table's rows: per version and execution model, DeepCache off and on."""
-    lines = [f"| dense fp16 GEMM, {gpu['device']} (this run) | {gpu['dense_fp16_gemm_tflops']} TFLOP/s |"]
-    for version in ("1.5", "1.6"):
-        for name, row in gpu.get(version, {}).items():
-            if isinstance(row, dict):
-                lines.append(
-                    f"| {version}, {name}, {gpu['steps']} steps, {row['windows_per_call']} window(s) per call | {row['seconds_per_window_step']} s per window-step, "
-                    f"{row['gpu_seconds_per_output_second']} GPU s per output s, {row['achieved_tflops']} TFLOP/s "
-                    f"({100 * row['utilisation_of_dense_rate']:.0f}% of dense), peak VRAM {row['peak_vram_gb']} GB |"
-                )
-        if version in gpu:
-            lines.append(f"| {version}, ours / official (DeepCache on) | {gpu[version]['ours_over_official_deepcache_on']}x the GPU seconds |")
-    job = gpu.get("whole_job_60s_1.6")
-    if job:
-        lines.append(f"| 1.6 whole job, 60 s clip | {job['wall_s']} s: {job['whole_job_over_unet']}x its U-Net time, {job['whole_job_over_model']}x its model time; analysis (decode + detection) {100 * job['analysis_share']:.0f}% |")
-    return lines
 
 
 def plots(results: dict) -> None:
@@ -283,7 +265,10 @@ def main(argv=None) -> int:
         elif section == "setup":
             results["setup"] = cold_setup()
         elif section == "gpu" and torch.cuda.is_available():
-            results["gpu"] = run_json("scripts.benchmark_gpu")
+            # Not run_json: a failed section is reported in the figures while the others stand.
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                subprocess.run([sys.executable, "-m", "scripts.benchmark_gpu", "--json", out.name], cwd=REPO_ROOT)
+                results["gpu"] = json.loads(Path(out.name).read_text())
     results["machine"] = {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     path.write_text(json.dumps(results, indent=2))
     (OUT / "benchmark.md").write_text(markdown(results))

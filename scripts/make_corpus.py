@@ -1,13 +1,15 @@
 """Generate the bad-input corpus: hostile and unusual inputs made from the demo clips with ffmpeg.
 
 Each case is a (video, audio) pair plus the outcome we promise for it, written down in CASES:
-either an output (with what must hold for it) or one clear error sentence (a pattern). Errors
-name the input ("The video input ...") and never a path.
+either an output (its length and size, and what the report says was regenerated where) or one
+clear error sentence (a pattern). Errors name the input ("The video input ...") and never a path.
 
 The hostile cases are files whose content would make ffmpeg do more than decode them: playlists
-and scripts that read other files of the machine (or wait forever on a "live" stream), image
-sequence patterns, files that hold more than their header declares or change size midway, and
-names that look like options.
+and scripts that read other files of the machine (or wait forever on a "live" stream), also as
+the speech the web app previews, image sequence patterns, files that hold more than their header
+declares, change size midway or declare a frame rate that would stretch ffmpeg's time budget,
+names that look like options, and options that are not numbers (NaN, infinity, a seed past the
+random generator's range), refused before any file is read.
 
     python -m scripts.make_corpus tests/corpus
 """
@@ -15,7 +17,7 @@ names that look like options.
 import json
 import struct
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -39,8 +41,16 @@ class Case:
     error: str = ""  # a regular expression the one-sentence error matches
     duration: float | None = None  # expected output duration (s)
     size: tuple | None = None  # expected output (width, height)
-    all_passthrough: bool = False  # nothing may be regenerated
+    spans: tuple = ()  # the report's spans, (start s, end s, action) in order; () promises none
+    lip_synced: bool = False  # some frames are regenerated (which ones is the face detector's business)
+    one_of_two_faces: bool = False  # two faces side by side: exactly one of them is regenerated
     note: str = ""
+    inputs: dict = field(default_factory=dict)  # service inputs (Cog names) besides the two files
+
+
+def regenerated(seconds: float) -> tuple:
+    """The spans of an output regenerated from its start to its end."""
+    return ((0.0, seconds, "generated"),)
 
 
 CASES = [
@@ -50,27 +60,31 @@ CASES = [
     Case("audio_only_as_video", "speech1.wav", "speech1.wav", "error", r"^The video input has no video stream"),
     Case("video_without_audio_as_audio", "face1.mp4", "face1_silent_track.mp4", "error", r"^The audio input has no audio stream",
          note="a video file is accepted as the audio source only if it has an audio track"),
-    Case("still_image_as_video", "face.png", "speech1.wav", "output", duration=1.0, size=(540, 960), note="a talking photo"),
+    Case("still_image_as_video", "face.png", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0), note="a talking photo"),
     Case("zero_second_audio", "face1.mp4", "empty.wav", "error", r"^The audio input (contains no audio samples|has no audio samples)"),
-    Case("one_frame_video", "one_frame.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960)),
-    Case("declares_10_hours", "declares_10h.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960),
+    Case("one_frame_video", "one_frame.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0)),
+    Case("declares_10_hours", "declares_10h.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0),
          note="the container claims 10 h; the 1 s of real data is used (the hosted service also accepts it)"),
-    Case("4k_60fps", "uhd60.mp4", "speech1.wav", "output", duration=1.0, size=(2160, 3840)),
-    Case("rotated_phone_video", "rotated.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), note="rotation metadata honoured"),
-    Case("variable_frame_rate", "vfr.mp4", "speech2.wav", "output", duration=2.0, size=(540, 960)),
-    Case("odd_dimensions", "odd.mp4", "speech1.wav", "output", duration=1.0, size=(542, 962), note="padded to even sizes for yuv420p"),
-    Case("yuv444_10bit", "yuv444_10bit.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960)),
-    Case("silent_audio", "face1.mp4", "silence1.wav", "output", duration=1.0, all_passthrough=True),
-    Case("pure_noise_audio", "face1.mp4", "noise1.wav", "output", duration=1.0),
-    Case("audio_10x_longer", "face_half.mp4", "speech5.wav", "output", duration=5.0, note="ping-pong of the video"),
-    Case("video_10x_longer", "face5.mp4", "speech_half.wav", "output", duration=0.52, note="cut to the audio (13 frames)"),
+    Case("4k_60fps", "uhd60.mp4", "speech1.wav", "output", duration=1.0, size=(2160, 3840), spans=regenerated(1.0)),
+    Case("rotated_phone_video", "rotated.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0),
+         note="rotation metadata honoured"),
+    Case("variable_frame_rate", "vfr.mp4", "speech2.wav", "output", duration=2.0, size=(540, 960), spans=regenerated(2.0)),
+    Case("odd_dimensions", "odd.mp4", "speech1.wav", "output", duration=1.0, size=(542, 962), spans=regenerated(1.0),
+         note="padded to even sizes for yuv420p"),
+    Case("yuv444_10bit", "yuv444_10bit.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0)),
+    Case("silent_audio", "face1.mp4", "silence1.wav", "output", duration=1.0, spans=((0.0, 1.0, "silence"),), note="nothing regenerated"),
+    Case("pure_noise_audio", "face1.mp4", "noise1.wav", "output", duration=1.0, note="whether noise is speech is the voice detector's call"),
+    Case("audio_10x_longer", "face_half.mp4", "speech5.wav", "output", duration=5.0, spans=regenerated(5.0), note="ping-pong of the video"),
+    Case("video_10x_longer", "face5.mp4", "speech_half.wav", "output", duration=0.52, spans=regenerated(0.52), note="cut to the audio (13 frames)"),
     Case("no_face_anywhere", "scenery.mp4", "speech1.wav", "error", r"No usable face was found in any of the 25 frames checked"),
-    Case("face_only_in_first_second", "face_then_scenery.mp4", "speech2.wav", "output", duration=2.0),
-    Case("two_equal_faces", "two_faces.mp4", "speech1.wav", "output", duration=1.0, size=(1080, 960)),
-    Case("cartoon_face", "cartoon.mp4", "speech1.wav", "output", duration=1.0, note="a drawn face with brows, eyes and nose is found and lip-synced"),
+    Case("face_only_in_first_second", "face_then_scenery.mp4", "speech2.wav", "output", duration=2.0,
+         spans=((0.0, 1.0, "generated"), (1.0, 2.0, "no_face"))),
+    Case("two_equal_faces", "two_faces.mp4", "speech1.wav", "output", duration=1.0, size=(1080, 960), spans=regenerated(1.0), one_of_two_faces=True),
+    Case("cartoon_face", "cartoon.mp4", "speech1.wav", "output", duration=1.0, lip_synced=True,
+         note="a drawn face with brows, eyes and nose is found and lip-synced (MediaPipe loses it while its mouth is wide open)"),
     Case("profile_view", "profile.mp4", "speech1.wav", "error", r"No usable face was found",
          note="stand-in: the face squeezed to a sliver (no real profile footage here); no usable face, so a clear error"),
-    Case("hostile_file_name", "a; rm -rf $(touch pwned) 'q\" ünï.mp4", "b; $(touch pwned2) 'x\".wav", "output", duration=1.0),
+    Case("hostile_file_name", "a; rm -rf $(touch pwned) 'q\" ünï.mp4", "b; $(touch pwned2) 'x\".wav", "output", duration=1.0, spans=regenerated(1.0)),
     Case("missing_file", "does_not_exist.mp4", "speech1.wav", "error", r"^The video input was not found"),
 ]
 
@@ -83,13 +97,24 @@ HOSTILE = [
     Case("hls_playlist_as_audio", "face1.mp4", "playlist.m4a", "error", r"^The audio input is an HLS playlist"),
     Case("ffconcat_script", "concat.mp4", "speech1.wav", "error", r"^The video input is an ffconcat script",
          note="lists a local talking-head clip, which would come back lip-synced"),
-    Case("image_sequence_pattern_name", "frame%03d.png", "speech1.wav", "output", duration=1.0, size=(540, 960),
+    Case("image_sequence_pattern_name", "frame%03d.png", "speech1.wav", "output", duration=1.0, size=(540, 960), spans=regenerated(1.0),
          note="read as the one image of that name (a face), not as frame001.png... beside it (scenery: no face)"),
-    Case("ts_declaring_less_than_it_holds", "face1.mp4", "repeated.ts", "output", duration=2.24,
+    Case("ts_declaring_less_than_it_holds", "face1.mp4", "repeated.ts", "output", duration=2.24, spans=regenerated(2.24),
          note="five 0.44 s MPEG-TS pieces end to end: the header declares 0.37 s of audio; all 2.2 s are used"),
-    Case("midstream_resolution_change", "size_change.ts", "speech2.wav", "output", duration=2.0, size=(540, 960),
+    Case("midstream_resolution_change", "size_change.ts", "speech2.wav", "output", duration=2.0, size=(540, 960), spans=regenerated(2.0),
          note="1 s at 540x960, then 0.2 s of 8K (4320x7680) frames: every frame comes out at the checked 540x960"),
-    Case("names_with_a_dash_and_a_newline", DASH_NEWLINE_VIDEO, DASH_NEWLINE_AUDIO, "output", duration=1.0, size=(540, 960)),
+    Case("names_with_a_dash_and_a_newline", DASH_NEWLINE_VIDEO, DASH_NEWLINE_AUDIO, "output", duration=1.0, size=(540, 960), spans=regenerated(1.0)),
+    Case("hls_playlist_as_speech_upload", "face1.mp4", "speech.m3u8", "error", r"^The audio input is (a \.m3u8 file|an HLS playlist)",
+         note="lists a local clip with speech, outside any upload folder: neither the web app's preview nor a job may play it"),
+    Case("live_hls_as_speech_upload", "face1.mp4", "live_speech.m3u8", "error", r"^The audio input is (a \.m3u8 file|an HLS playlist)",
+         note="no #EXT-X-ENDLIST: an ffmpeg opening it would wait for more segments (Gradio's did, for 9.5 minutes)"),
+    Case("live_hls_named_like_speech", "face1.mp4", "speech_playlist.mp3", "error", r"^The audio input is an HLS playlist",
+         note="a live playlist behind an audio file's name: the content decides"),
+    Case("declares_1000_fps", "fps1000.mp4", "speech1.wav", "output", duration=1.0, size=(540, 960), lip_synced=True,
+         note="0.2 s at 1000 fps: decoded as any other (ffmpeg's time budget is capped, whatever the rate declared)"),
+    Case("nan_guidance_scale", "face1.mp4", "speech1.wav", "error", r"^guidance_scale must be a finite number", inputs={"guidance_scale": float("nan")}),
+    Case("infinite_seed", "face1.mp4", "speech1.wav", "error", r"^seed must be a finite number", inputs={"seed": float("inf")}),
+    Case("seed_past_the_generators_range", "face1.mp4", "speech1.wav", "error", r"^seed must be between -1 and 4294967295", inputs={"seed": 1e300}),
 ]
 CASES += HOSTILE
 
@@ -159,12 +184,16 @@ def hostile(folder: Path) -> None:
     hls_playlist(f / "playlist.mp4", f / "face1.ts")
     hls_playlist(f / "playlist.m4a", f / "face1.ts")
     hls_playlist(f / "live.mp4", f / "face1.ts", live=True)
+    hls_playlist(f / "speech.m3u8", f / "face1.ts")  # face1.ts carries the clip's own speech
+    hls_playlist(f / "live_speech.m3u8", f / "face1.ts", live=True)
+    hls_playlist(f / "speech_playlist.mp3", f / "face1.ts", live=True)
     ffconcat_script(f / "concat.mp4", "face1.mp4")
     ffmpeg("-i", f / "face1.mp4", "-frames:v", 1, "-update", 1, f / "frame%03d.png")  # the one image named with a pattern
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=540x960:r=25:d=1", f / "frame%03d.png")  # frame001.png...: no face
     ffmpeg("-ss", 1.0, "-i", ASSETS / "demo1_video.mp4", "-t", 0.4, "-vf", f"scale={SIZE}", "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", f / "piece.ts")
     repeated_ts(f / "repeated.ts", f / "piece.ts", 5)
     resolution_change(f / "size_change.ts", 1.0, "4320:7680", 0.2)
+    clip(f / "fps1000.mp4", 0.2, extra=("-r", 1000))
     (f / DASH_NEWLINE_VIDEO).write_bytes((f / "face1.mp4").read_bytes())
     (f / DASH_NEWLINE_AUDIO).write_bytes((f / "speech1.wav").read_bytes())
 

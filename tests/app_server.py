@@ -2,6 +2,7 @@
 models served as a weights manifest from a local file server, as the Cog-server tests do."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -22,34 +23,36 @@ from tests.http_fixtures import FileServer, tiny_weights_manifest
 RUN_APP_WITH_FAULTS = "import runpy, tests.faults; tests.faults.install(); runpy.run_module('latentsync.app', run_name='__main__', alter_sys=True)"
 
 
-def app_process(folder: Path, weights_url: str, port: int, version: str = "1.6", **popen) -> subprocess.Popen:
+def app_process(folder: Path, weights_url: str, port: int, version: str = "1.6", args=(), env=None, **popen) -> subprocess.Popen:
     """`python -m latentsync.app` on 127.0.0.1:`port` with the tiny models' manifest pointing at
-    `weights_url`; its weights, uploads and data under `folder`."""
+    `weights_url`; its weights, uploads and data under `folder`; `args` added to its command
+    line and `env` to its environment."""
     env = {
         **os.environ,
         "LATENTSYNC_WEIGHTS_MANIFEST": str(tiny_weights_manifest(folder, weights_url)),
         "LATENTSYNC_WEIGHTS_DIR": str(folder / "weights"),
         "GRADIO_TEMP_DIR": str(folder / "gradio"),
         FAULT_FILE_VARIABLE: str(folder / "fault"),
+        **(env or {}),
     }
-    command = [sys.executable, "-c", RUN_APP_WITH_FAULTS, "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data")]
+    command = [sys.executable, "-c", RUN_APP_WITH_FAULTS, "--host", "127.0.0.1", "--port", str(port), "--version", version, "--data-dir", str(folder / "data"), *args]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, **popen)
 
 
 @contextlib.contextmanager
-def running_app(folder: Path, version: str = "1.6"):
-    """Yields the app's URL once its page answers; its log is `folder`/app.log, its data
-    `folder`/data."""
+def running_app(folder: Path, version: str = "1.6", args=(), env=None):
+    """Yields the app's URL once it answers (its login page, when it has a login); its log is
+    `folder`/app.log, its data `folder`/data."""
     with FileServer(folder / "files") as files:
         port = free_port()
         with open(folder / "app.log", "w") as log:
-            process = app_process(folder, files.url, port, version, stdout=log, stderr=subprocess.STDOUT)
+            process = app_process(folder, files.url, port, version, args, env, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}/"
             try:
                 deadline = time.time() + 300
                 while time.time() < deadline and process.poll() is None:
                     with contextlib.suppress(httpx.TransportError):
-                        if httpx.get(url, timeout=5).status_code == 200:
+                        if httpx.get(url, timeout=5, follow_redirects=True).status_code == 200:
                             break
                     time.sleep(0.2)
                 else:
@@ -67,3 +70,18 @@ def app(tmp_path_factory):
     folder = tmp_path_factory.mktemp("app")
     with running_app(folder) as url:
         yield url, folder
+
+
+def private_endpoint(client, api_name: str) -> int:
+    """The fn_index of one of the page's private events (`api_name` is its function's name),
+    made callable by `client`: gradio_client declines them, but the server takes them from
+    anyone who sends the request, so they are tested as an outside client would call them."""
+    [index] = [d["id"] for d in client.config["dependencies"] if d.get("api_name") == api_name]
+    client.endpoints[index].is_valid = True
+    return index
+
+
+def json_with_nan(obj, **options) -> str:
+    """json.dumps as Python's json does by default, NaN and Infinity included: httpx (and so
+    gradio_client) refuses to send them, other clients do not (set over httpx._content.json_dumps)."""
+    return json.dumps(obj, **{**options, "allow_nan": True})

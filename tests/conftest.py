@@ -21,6 +21,16 @@ def pytest_configure(config):
         )
 
 
+def pytest_terminal_summary(terminalreporter):
+    from tests.parity import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.write_sep("-", "distance from the official reference vectors (tests/parity.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     return ASSETS

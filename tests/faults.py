@@ -1,10 +1,12 @@
 """Faults injected into servers the tests start (Cog's HTTP server, the web app), where the real
 failure cannot happen here: while the file named by $LATENTSYNC_TEST_FAULT_FILE exists, every
-U-Net call raises the error a GPU raises after an illegal memory access."""
+U-Net call raises the error a GPU raises after an illegal memory access; if the file says
+"sticky", the device then counts as broken for good, as a CUDA context is after such an error."""
 
 import os
 from pathlib import Path
 
+import latentsync.serving
 from latentsync.models.unet import UNet3DConditionModel
 
 FAULT_FILE_VARIABLE = "LATENTSYNC_TEST_FAULT_FILE"
@@ -22,3 +24,5 @@ def install() -> None:
         return forward(self, *args, **kwargs)
 
     UNet3DConditionModel.forward = forward_unless_faulty
+    device_works = latentsync.serving.device_works
+    latentsync.serving.device_works = lambda device: not (marker.exists() and marker.read_text() == "sticky") and device_works(device)

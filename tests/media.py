@@ -1,12 +1,16 @@
 """Helpers for end-to-end tests: the pipeline on tiny random-weight models, clips made with the
 ffmpeg binary, and frame comparisons."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from latentsync.config import load_yaml
 from latentsync.media.decode import read_frames
+from latentsync.models.unet import UNet3DConditionModel
 from latentsync.media.ffmpeg import run_ffmpeg as ffmpeg  # our own test media: trusted commands
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.sync import SyncNet
@@ -29,6 +33,19 @@ def tiny_files() -> ModelFiles:
         insightface_root=None,
         syncnet=None,
     )
+
+
+def small_unet_files(folder: Path) -> ModelFiles:
+    """The tiny models with a still smaller U-Net (two blocks of one layer, the same kinds of
+    blocks, attention and motion modules; random weights), written into `folder`: for what traces
+    or compiles the U-Net, where the tiny model's 20 CPU seconds a graph add up."""
+    config = load_yaml(REFERENCE / "unet_tiny.yaml")
+    config["model"].update(block_out_channels=[32, 32], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
+                           up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=1, motion_module_resolutions=[1, 2])
+    (folder / "unet_small.yaml").write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    torch.save({"state_dict": UNet3DConditionModel.from_config(config["model"]).state_dict()}, folder / "unet_small.pt")
+    return dataclasses.replace(tiny_files(), unet_config=folder / "unet_small.yaml", unet_checkpoint=folder / "unet_small.pt")
 
 
 def tiny_pipeline(device="cpu", **settings) -> LipsyncPipeline:

@@ -1,14 +1,18 @@
 """The web page as a person uses it: headless Chromium (Debian's chromium and chromium-driver,
 driven by selenium) uploads a cut of the demo clip and speech, runs a job, waits for the
 lip-synced video and the timeline picture, saves a screenshot of the finished page, and finds
-the result again after a reload; and adds a segment in the page's table, previews its plan, runs
-it and sees the segment outlined on the timeline."""
+the result again after a reload; adds a segment in the page's table, previews its plan, runs it
+and sees the segment outlined on the timeline; and uploads a playlist as the speech, which is
+never played."""
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import cv2
 import httpx
+import psutil
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -17,6 +21,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from latentsync.timeline import timeline_figure
+from scripts import make_corpus
 from tests.media import small_clip, speech
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -114,3 +119,41 @@ def test_a_segment_from_the_page(app, browser, tmp_path):
     for edge in (0.2, 0.84):  # the segment's outline, dark across the bands where its edges are
         x, y = axis.transData.transform((edge, 0.25))
         assert picture[picture.shape[0] - round(y), round(x)].max() < 60, edge
+def ffmpeg_processes() -> list[psutil.Process]:
+    """ffmpeg and ffprobe processes below this test process (the app's)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.name() in ("ffmpeg", "ffprobe") and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("name, live", [("speech.m3u8", False), ("speech.m3u8", True), ("speech.mp3", True)], ids=["m3u8", "live_m3u8", "live_as_mp3"])
+def test_a_playlist_as_the_speech_is_never_played(app, browser, tmp_path, name, live):
+    """An HLS playlist naming a clip with speech elsewhere on the server (not in any upload
+    folder). By its name, the page refuses it before uploading (the box's file types); behind an
+    audio file's name, the service's sentence comes back. Either way no audio is offered, the
+    named clip is never opened, and no ffmpeg runs on after 60 s."""
+    url, folder = app
+    for place in ("elsewhere", "upload"):
+        (tmp_path / place).mkdir()
+    elsewhere = make_corpus.clip(tmp_path / "elsewhere" / "private.ts", 1.0, extra=("-f", "mpegts"))
+    playlist = make_corpus.hls_playlist(tmp_path / "upload" / name, elsewhere, live=live)
+    opened_before = elsewhere.stat().st_atime
+    browser.get(url)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech-file input[type=file]"))[0].send_keys(str(playlist))
+    if name.endswith(".m3u8"):
+        expected = f"Invalid file type: {name}. Only .wav, .mp3"  # the page's own check, before any upload
+    else:
+        expected = "The audio input is an HLS playlist, which can refer to other files and is not accepted; pass an audio file"
+    wait.until(lambda d: expected in d.find_element(By.TAG_NAME, "body").text)
+    deadline = time.time() + 60
+    while ffmpeg_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert ffmpeg_processes() == []
+    assert browser.execute_script("return Array.from(document.querySelectorAll('audio')).filter(a => a.src).length") == 0
+    assert elsewhere.stat().st_atime == opened_before  # never read
+    uploaded = [path.name for path in (folder / "gradio").rglob("*") if path.is_file()]
+    assert (name in uploaded) == (not name.endswith(".m3u8")), uploaded

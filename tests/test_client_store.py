@@ -193,3 +193,21 @@ def test_a_redis_password_never_shows(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_success_with_failed_windows_is_handed_over_but_never_reused(store_spec):
+    """Windows that ran out of GPU memory kept their original frames: the result is the user's,
+    but a repeat of the job runs it again rather than serving it (from the metrics or the report)."""
+    store = open_store(store_spec, claim_ttl_s=TTL)
+    for key, prediction in (
+        ("metrics", {"status": "succeeded", "output": "https://out/x.mp4", "metrics": {"failed_windows": 2}}),
+        ("report", {"status": "succeeded", "output": {"video": "https://out/x.mp4", "report": {"failed_windows": 1}}}),
+    ):
+        store.claim(key, "owner", {"video": "v"})
+        store.update(key, "owner", prediction_id=f"p-{key}", status="processing")
+        done = store.record(key, "owner", news_of({"id": f"p-{key}", **prediction}))
+        assert done.status == "succeeded" and done.output_url == "https://out/x.mp4" and done.degraded and store.get(key).degraded
+        _, fresh = store.claim(key, "another", {"video": "v"})
+        assert fresh  # claimed again: the degraded result is not reused
+    clean = news_of({"id": "p", "status": "succeeded", "output": "https://out/x.mp4", "metrics": {"failed_windows": 0}})
+    assert not clean.degraded

@@ -10,9 +10,11 @@ import time
 import httpx
 import pytest
 import yaml
+from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
+from scripts.lock_image import ONNXRUNTIME_GPU
 from tests.cog_server import data_uri, running_cog_server
 from tests.faults import CUDA_ERROR, FAULT_FILE_VARIABLE
 from tests.http_fixtures import FileServer
@@ -103,12 +105,40 @@ def test_the_report_option_returns_video_and_report(server, media):
     assert body["output"]["report"]["spans"]
 
 
-@pytest.mark.parametrize("bad", [{"guidance_scale": 5}, {"version": "2.0"}, {"inference_steps": 10}])
+@pytest.mark.parametrize("bad", [{"guidance_scale": 5}, {"version": "2.0"}, {"inference_steps": 10}, {"seed": 1e300}, {"seed": 2**32}, {"seed": -5}])
 def test_out_of_range_inputs_are_rejected_and_the_server_keeps_serving(server, media, bad):
     client, _, _ = server
     video, audio = media
     response = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), **bad)
     assert response.status_code == 422
+    [problem] = response.json()["detail"]  # one sentence on the one input, before the predictor runs
+    assert problem["loc"][-1] == next(iter(bad)) and "\n" not in problem["msg"]
+    assert client.get("/health-check").json()["status"] == "READY"
+
+
+def test_options_are_checked_before_the_files_are_read(server, media, tmp_path):
+    """A speaker point of NaNs passes Cog's schema (it is a string); the predictor refuses it
+    before it reads the files, so a broken video does not get to speak first."""
+    client, _, _ = server
+    _, audio = media
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    body = predict(client, video=data_uri(broken, "video/mp4"), audio=data_uri(audio, "audio/wav"), speaker_point="nan,nan").json()
+    assert body["status"] == "failed"
+    assert body["error"].endswith("speaker_point must be 'x,y' or 'x,y,frame' (pixels, frame number), got 'nan,nan'.")
+    assert client.get("/health-check").json()["status"] == "READY"
+
+
+@pytest.mark.parametrize("number", ['"guidance_scale": NaN', '"min_sync_confidence": NaN', '"seed": Infinity', '"seed": -Infinity'])
+def test_numbers_that_are_not_numbers_are_refused_before_the_predictor_runs(server, media, number):
+    """NaN and Infinity are not JSON, though Python's json writes and reads them."""
+    client, _, folder = server
+    video, audio = media
+    body = f'{{"input": {{"video": "{data_uri(video, "video/mp4")}", "audio": "{data_uri(audio, "audio/wav")}", {number}}}}}'
+    predictions = len(re.findall("Starting prediction", (folder / "server.log").read_text()))
+    response = client.post("/predictions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422) and number.split(":")[0].strip('"') in response.text
+    assert len(re.findall("Starting prediction", (folder / "server.log").read_text())) == predictions  # no prediction started
     assert client.get("/health-check").json()["status"] == "READY"
 
 
@@ -126,16 +156,17 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     assert again["status"] == "succeeded"
 
 
-def test_a_device_error_fails_the_prediction_with_its_sentence_and_the_next_one_succeeds(server, media):
-    client, _, folder = server
+def test_a_device_error_fails_the_prediction_with_its_sentence_and_the_next_one_succeeds(server, media, mirror):
+    client, _, _ = server
+    fault = mirror[0] / "fault"
     video, audio = media
     inputs = dict(video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"))
-    (folder / "fault").touch()
+    fault.touch()
     try:
         body = predict(client, **inputs).json()
     finally:
-        (folder / "fault").unlink()
-    assert body["status"] == "failed" and body["output"] is None
+        fault.unlink()
+    assert body["status"] == "failed" and body.get("output") is None
     assert body["error"].endswith(f"The model failed on the CPU while denoising 0.00-0.64 s: RuntimeError: {CUDA_ERROR}")
     assert client.get("/health-check").json()["status"] == "READY"
     again = predict(client, **inputs).json()
@@ -230,6 +261,36 @@ def test_cog_yaml_downloads_nothing_unverified_and_hides_no_failure():
             assert re.search(rf"[0-9a-f]{{64}}\s+{re.escape(fetched)}'?\s*\|\s*sha256sum -c", command), f"{fetched} is not checked against a pinned sha256: {command}"
 
 
+LOCKED = re.compile(r"^([A-Za-z0-9._-]+) @ https://files\.pythonhosted\.org/\S+/([^/\s]+) --hash=sha256:[0-9a-f]{64}$")
+
+
+def test_the_image_lock_pins_every_requirement_to_one_hashed_file():
+    """requirements/cog.lock (scripts/lock_image.py) holds every package of requirements.txt at its
+    pinned version (onnxruntime as onnxruntime-gpu) and all they need, each a file with its
+    sha256, under --require-hashes; the source-only packages are built by a step of cog.yaml from
+    hashed archives with the locked build tools (no isolated build fetching its own)."""
+    build = yaml.safe_load((REPO_ROOT / "cog.yaml").read_text())["build"]
+    assert build["python_requirements"] == "requirements/cog.lock"
+    lines = [line for line in (REPO_ROOT / build["python_requirements"]).read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "--require-hashes"
+    wheels = [LOCKED.match(line) for line in lines[1:]]
+    assert all(wheels) and not any("==" in line for line in lines), "a `name==version --hash` line loses its hashes in Cog's rewrite"
+    [sources_step] = [step for step in build["run"] if "--no-build-isolation" in step]
+    assert sources_step.endswith("pip install --require-hashes --no-deps --no-build-isolation -r /tmp/sources.txt")
+    sources = [LOCKED.match(line) for line in re.findall(r"'([^']+ @ [^']+)'", sources_step)]
+    assert sources and all(sources) and all(match.group(2).endswith(".tar.gz") for match in sources)
+    locked = {}
+    for match in wheels + sources:
+        name, version = (parse_wheel_filename(match.group(2)) if match.group(2).endswith(".whl") else parse_sdist_filename(match.group(2)))[:2]
+        locked[canonicalize_name(name)] = str(version)
+    pins = dict(line.split("#")[0].strip().split("==") for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line.split("#")[0])
+    del pins["onnxruntime"]  # the image has the GPU build instead, at its own version
+    pins.update([ONNXRUNTIME_GPU.split("==")])
+    assert build["sdk_version"] == pins.pop("cog")  # Cog installs its SDK itself
+    assert {canonicalize_name(name.split("[")[0]): version for name, version in pins.items()}.items() <= locked.items()  # moto[s3]: moto
+    assert {"setuptools", "cython", "numpy"} <= locked.keys() and "onnxruntime" not in locked  # the build tools; never both onnxruntimes
+
+
 # ---- output folders (predict.OutputFolders) -------------------------------------------------
 
 
@@ -288,3 +349,20 @@ def test_cleaners_racing_each_other_never_fail(tmp_path):
         for thread in threads:
             thread.join()
     assert errors == [] and list(tmp_path.iterdir()) == []
+
+
+# Last in this module: it leaves the module's server unhealthy for good.
+def test_a_device_left_broken_makes_the_server_unhealthy_and_later_predictions_fail_at_once(server, media, mirror):
+    client, _, _ = server
+    fault = mirror[0] / "fault"
+    video, audio = media
+    inputs = dict(video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"))
+    fault.write_text("sticky")  # a CUDA error that leaves the context unusable
+    failed = predict(client, **inputs).json()
+    fault.unlink()
+    assert failed["status"] == "failed" and CUDA_ERROR in failed["error"]
+    assert client.get("/health-check").json()["status"] == "UNHEALTHY"
+    started = time.monotonic()
+    refused = predict(client, **inputs).json()
+    assert refused["status"] == "failed" and refused["error"].endswith("stopped working after a model error; this server must be restarted.")
+    assert time.monotonic() - started < 10

@@ -16,17 +16,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch._dynamo.utils import counters
 
 from latentsync.compiled_unet import GRAPHS_PER_VERSION
-from latentsync.config import load_yaml
 from latentsync.denoise import denoise_windows, load_unet
-from latentsync.models.unet import UNet3DConditionModel
 from latentsync.options import LipsyncOptions
 from latentsync.pipeline import LipsyncPipeline
-from tests.conftest import REFERENCE
-from tests.media import frames, small_clip, speech, tiny_files
+from tests.media import frames, small_clip, small_unet_files, speech
 
 # Each job's options, and the windows per batch it runs with (1-4); 35 frames make windows of
 # 16, 16 and 3, so every job also has a short last window (which runs uncompiled).
@@ -52,16 +48,8 @@ def out_of_memory_for_the_whole_guidance_batch(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def small_unet_files(tmp_path_factory):
-    """The tiny model's files with a smaller U-Net: two blocks of one layer, random weights."""
-    folder = tmp_path_factory.mktemp("small_unet")
-    config = load_yaml(REFERENCE / "unet_tiny.yaml")
-    config["model"].update(block_out_channels=[32, 32], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
-                           up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=1, motion_module_resolutions=[1, 2])
-    (folder / "unet.yaml").write_text(yaml.safe_dump(config))
-    torch.manual_seed(0)
-    torch.save({"state_dict": UNet3DConditionModel.from_config(config["model"]).state_dict()}, folder / "unet.pt")
-    return dataclasses.replace(tiny_files(), unet_config=folder / "unet.yaml", unet_checkpoint=folder / "unet.pt")
+def small_unet(tmp_path_factory):
+    return small_unet_files(tmp_path_factory.mktemp("small_unet"))
 
 
 def small_pipeline(files, **settings) -> LipsyncPipeline:
@@ -75,10 +63,10 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eager_frames(media, small_unet_files):
+def eager_frames(media, small_unet):
     """What the uncompiled pipeline makes of each job."""
     video, audio, folder = media
-    pipeline, made = small_pipeline(small_unet_files), {}
+    pipeline, made = small_pipeline(small_unet), {}
     for index, (_, options) in enumerate(JOBS):
         pipeline(video, audio, folder / f"eager{index}.mp4", options)
         made[index] = frames(folder / f"eager{index}.mp4")
@@ -90,12 +78,12 @@ def assert_same_frames(output, expected):
     assert np.abs(frames(output).astype(np.int16) - expected).max() <= 1
 
 
-def test_compiled_jobs_make_no_graph_after_setup_and_the_frames_of_eager_ones(media, eager_frames, small_unet_files):
+def test_compiled_jobs_make_no_graph_after_setup_and_the_frames_of_eager_ones(media, eager_frames, small_unet):
     video, audio, folder = media
     torch._dynamo.reset()
     first = None
     for index, (per_batch, options) in enumerate(JOBS):
-        pipeline = small_pipeline(small_unet_files, windows_per_batch=per_batch, compile_unet=True, compile_backend="eager")
+        pipeline = small_pipeline(small_unet, windows_per_batch=per_batch, compile_unet=True, compile_backend="eager")
         pipeline.self_test()  # setup: makes this pipeline's graphs
         before = graphs_made()
         output = folder / f"compiled{index}.mp4"
@@ -114,7 +102,7 @@ def test_compiled_jobs_make_no_graph_after_setup_and_the_frames_of_eager_ones(me
     first.denoiser = denoise_windows
 
     # A second version, loaded later as ModelVersions.get does: its own graphs at setup, then none.
-    files = dataclasses.replace(small_unet_files, resolution=OTHER_RESOLUTION)
+    files = dataclasses.replace(small_unet, resolution=OTHER_RESOLUTION)
     other = first.for_version(files, load_unet(files))
     before = graphs_made()
     other.self_test()

@@ -1,6 +1,5 @@
 """One denoising window against the official loop's reference vectors (tiny random models)."""
 
-import copy
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +9,7 @@ from DeepCache import DeepCacheSDHelper
 from latentsync.config import load_yaml
 from latentsync.denoise import denoise_window, denoise_windows, initial_noise, load_scheduler, load_training_mask, load_vae
 from latentsync.models.unet import UNet3DConditionModel
+from tests.parity import within
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +45,17 @@ def test_posterior_mean_window_matches_the_official(window):
     assert out.shape == io["mode_out"].shape
     # Three steps of these random-weight models amplify float32 rounding about a thousandfold (a
     # 1e-7 relative change of the noise moves the output by ~2e-4), so how close two correct
-    # float32 runs come depends on the CPU's kernels: within 1e-4 of the official vector on some
-    # machines, 1.5e-4 on others (the official code itself, re-run, lands 1.4e-4 from its vector).
-    # The same arithmetic in float64 is the yardstick: the official result must be as close to it
-    # as our own float32 result is, and ours within 1e-4 of the official or within that rounding.
-    exact = run(dict(window, unet=copy.deepcopy(window["unet"]).double(), vae=copy.deepcopy(window["vae"]).double()),
-                initial_latents=io["mode_initial_latents"].double(), sample_posterior=False, audio_embeds=io["audio_embeds"].double())
-    rounding = (out - exact.float()).abs().max().item()
-    assert rounding < 1e-3
-    assert (io["mode_out"] - exact.float()).abs().max().item() < 1.5 * rounding
-    assert (out - io["mode_out"]).abs().max().item() < max(1e-4, rounding)
+    # float32 runs come depends on the CPU's kernels: 8e-5 from the official vector with this
+    # CPU's AVX-512 kernels, 1.5e-4 with AVX2 ones (the official code itself, re-run, lands 1.4e-4
+    # from its vector).
+    within("16-frame window, posterior mean", (out - io["mode_out"]).abs().max().item(), 3e-4)
 
 
 def test_seeded_window_reproduces_the_official_draw_order(window):
     io = window["io"]
     generator = torch.Generator().manual_seed(io["seed"])
     out = run(window, generator=generator)
-    assert (out - io["sample_out"]).abs().max().item() < 1e-4
+    within("16-frame window, seeded sampling", (out - io["sample_out"]).abs().max().item(), 6e-5)
     # the first draw is the initial noise: one frame repeated over the window
     noise = initial_noise(torch.Generator().manual_seed(io["seed"]), io["height"] // 8, 16)
     assert torch.equal(noise, io["sample_initial_latents"])

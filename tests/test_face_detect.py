@@ -1,12 +1,17 @@
 """Face detection backends: MediaPipe on the demo clips, InsightFace on stand-in ONNX models."""
 
+import contextlib
+import io
 import subprocess
 
+import cv2
 import numpy as np
 import pytest
+from insightface.app import FaceAnalysis
 
 from latentsync.face.align import FaceAligner
 from latentsync.face.detect import (
+    INSIGHTFACE_DET_SIZE,
     INSIGHTFACE_LEFT_BROW,
     INSIGHTFACE_NOSE,
     INSIGHTFACE_RIGHT_BROW,
@@ -80,13 +85,18 @@ def standin_landmarks():
     return points
 
 
+def official_landmarks3(landmark_2d_106):
+    """What the official computes from insightface's 106 landmarks: round, average, round again."""
+    points = np.round(landmark_2d_106).astype(int)
+    return np.round([points[INSIGHTFACE_LEFT_BROW].mean(0), points[INSIGHTFACE_RIGHT_BROW].mean(0), points[INSIGHTFACE_NOSE].mean(0)])
+
+
 def expected_landmarks3(box, normalised):
-    """What the official computes from insightface's landmarks: round, average, round again."""
+    """The official's three points from landmarks the stand-in puts at `normalised` in the crop of `box`."""
     x1, y1, x2, y2 = box
     scale = 192 / (max(x2 - x1, y2 - y1) * 1.5)
     centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
-    frame_points = np.round(centre + ((normalised + 1) * 96 - 96) / scale).astype(int)
-    return np.round([frame_points[INSIGHTFACE_LEFT_BROW].mean(0), frame_points[INSIGHTFACE_RIGHT_BROW].mean(0), frame_points[INSIGHTFACE_NOSE].mean(0)])
+    return official_landmarks3(centre + ((normalised + 1) * 96 - 96) / scale)
 
 
 def test_insightface_path_runs_with_standin_models(tmp_path):
@@ -107,6 +117,30 @@ def test_insightface_path_runs_with_standin_models(tmp_path):
     assert detections[0].score == pytest.approx(0.9, abs=1e-6)
     for detection, box in zip(detections, (big, medium)):
         np.testing.assert_allclose(detection.landmarks3, expected_landmarks3(box, normalised), atol=1.0)
+
+
+def test_insightface_is_given_the_frames_in_the_order_its_own_code_expects(tmp_path, assets):
+    """On real frames, our detector (given RGB) finds exactly what insightface's own FaceAnalysis
+    finds when given the frame as cv2 reads it (BGR, the order its models expect), with stand-in
+    models whose faces and landmarks follow the frame's colour balance."""
+    demo_face = (80.0, 130.0, 210.0, 300.0)  # about where the speaker is, in the 512x512 detector input
+    root = write_buffalo_standins(tmp_path, [(demo_face, 0.9)], standin_landmarks())
+    ours = InsightFaceDetector(root)
+    with contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it loads
+        theirs = FaceAnalysis(name="buffalo_l", root=str(root), allowed_modules=["detection", "landmark_2d_106"], providers=["CPUExecutionProvider"])
+        theirs.prepare(ctx_id=-1, det_size=(INSIGHTFACE_DET_SIZE, INSIGHTFACE_DET_SIZE))
+    frames = decode_frames(assets / "demo1_video.mp4", [0, 40]) + decode_frames(assets / "demo2_video.mp4", [0, 40])
+    for frame in frames:
+        [expected] = theirs.get(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        [found] = ours.detect(frame)
+        assert found.box == tuple(float(v) for v in expected.bbox)
+        assert found.score == pytest.approx(float(expected.det_score))
+        np.testing.assert_array_equal(found.landmarks3, official_landmarks3(expected.landmark_2d_106))
+        # the stand-ins tell the orders apart on this frame (by 30 px or more on these clips):
+        # given RGB, insightface's own code finds another face
+        [swapped] = theirs.get(frame)
+        assert np.abs(swapped.bbox - expected.bbox).max() > 4
+        assert np.abs(official_landmarks3(swapped.landmark_2d_106) - found.landmarks3).max() > 4
 
 
 def test_create_detector_choices(tmp_path):

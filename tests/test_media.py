@@ -12,7 +12,7 @@ import whisper
 from latentsync.config import AUDIO_SAMPLE_RATE as SR
 from latentsync.media.decode import AudioError, frames_in_order, load_audio, read_frames
 from latentsync.media.encode import VideoWriter
-from latentsync.media.ffmpeg import Process, reason, run
+from latentsync.media.ffmpeg import Process, reason, run, time_limit
 from latentsync.media.probe import MediaError, probe, probe_video
 from latentsync.validation import check_inputs
 from scripts import make_corpus
@@ -320,6 +320,12 @@ def test_a_stalled_ffmpeg_is_killed_when_its_time_budget_is_spent(tmp_path):
     with pytest.raises(MediaError, match=r"^The audio input could not be processed within 1 s"):
         run(["ffmpeg", "-nostdin", "-i", f"file:{fifo}", "-f", "null", "-"], timeout=1.0, role="audio")
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "ffmpeg"]
+
+
+def test_the_time_budget_is_capped_whatever_frame_rate_a_file_declares():
+    assert time_limit(10.0, 540, 960, 25.0) == pytest.approx(60.0 + 10.0 * (1.0 + 540 * 960 * 25.0 / 5e6))  # ordinary inputs: as before
+    assert time_limit(600.0, 3840, 2160, 1000.0) <= 6 * 3600  # 10 minutes of 4K declaring 1000 fps: about 11 days uncapped
+    assert time_limit(600.0, 3840, 2160, 1000.0) == time_limit(600.0, 3840, 2160, 1e9) == time_limit(1e9)
 
 
 def test_a_slow_consumer_does_not_use_up_the_budget(clips):

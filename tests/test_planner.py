@@ -6,8 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from latentsync.audio import Pauses
+from latentsync.face.align import FaceAligner
 from latentsync.face.detect import FaceDetection
-from latentsync.face.track import build_tracks, choose_speaker, iou
+from latentsync.face.track import box_area, build_tracks, choose_speaker, iou
 from latentsync.options import LipsyncOptions
 from latentsync.planner import (
     MAX_SPAN_FRAMES,
@@ -17,14 +19,18 @@ from latentsync.planner import (
     Span,
     absorb_short_generated_spans,
     blend_weight,
+    cut_points,
     frames_covering,
+    limit_span_length,
     output_fps,
     plan_job,
     plan_timeline,
+    silent_frames,
     spans_from_actions,
     split_at,
     windows_for,
 )
+from tests.official import assert_affine_close, far_apart, official_affines
 
 
 def test_frames_covering_counts_a_partial_last_frame():
@@ -178,7 +184,7 @@ def detection(x=100.0, y=100.0, size=200.0, yaw=0.0) -> FaceDetection:
 def plan(detections, audio_s=None, pauses=(), fps=25.0, **options):
     speaker = choose_speaker(build_tracks(detections))
     audio_s = len(detections) / fps if audio_s is None else audio_s
-    return plan_job(detections, speaker, audio_s, list(pauses), fps, LipsyncOptions(**options), resolution=256)
+    return plan_job(detections, speaker, audio_s, pauses, fps, LipsyncOptions(**options), resolution=256)
 
 
 def actions(result):
@@ -193,6 +199,31 @@ def test_a_steady_face_under_speech_is_regenerated_and_aligned_everywhere():
     assert actions(result) == [(0, 40, G)] and result.fps == 25.0
     assert sorted(result.affines) == list(range(40)) and result.affines[0].shape == (2, 3)
     np.testing.assert_array_equal(result.source_frames, np.arange(40))
+
+
+def test_alignment_is_smoothed_within_each_face_track_and_starts_afresh_at_a_cut():
+    """Two shots of differently shaped, jittering faces: each track's affines are the official's
+    smoothing run over that track alone (the official carries it over the cut, which shows)."""
+    rng = np.random.default_rng(7)
+
+    def shot(x, y, size, nose):
+        faces = []
+        for _ in range(20):
+            face = detection(x, y, size)
+            face.landmarks3 = face.landmarks3 + np.array([[0.0, 0.0], [0.0, 0.0], nose]) * size + rng.uniform(-4.0, 4.0, (3, 2))
+            faces.append([face])
+        return faces
+
+    shot_a, shot_b = shot(100, 100, 300, (0.0, 0.0)), shot(500, 300, 280, (-0.08, 0.12))
+    result = plan(shot_a + shot_b)
+    assert actions(result) == [(0, 20, G), (20, 40, G)]
+    template = FaceAligner(256).template
+    landmarks = [faces[0].landmarks3 for faces in shot_a + shot_b]
+    expected = official_affines(landmarks[:20], template) + official_affines(landmarks[20:], template)
+    for frame in range(40):
+        assert_affine_close(result.affines[frame], expected[frame], err_msg=f"frame {frame}")
+    carried_over_the_cut = official_affines(landmarks, template)
+    assert far_apart(carried_over_the_cut[20], expected[20])
 
 
 def test_faces_turned_past_the_yaw_limit_pass_through():
@@ -257,3 +288,214 @@ def test_output_fps_keeps_only_24_to_30_fps_sources_when_asked():
     assert output_fps(30.0, keep_source_fps=True) == 30.0
     assert output_fps(30.0, keep_source_fps=False) == 25.0
     assert output_fps(60.0, keep_source_fps=True) == 25.0
+
+
+# ---- edges that mutation testing (scripts/mutation.sh) found unguarded -----------------------------
+
+
+def test_a_one_frame_video_or_audio_is_planned():
+    np.testing.assert_array_equal(plan_timeline(1, 5, "bounce").source_frames, [0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(plan_timeline(5, 1, "loop").source_frames, [0])
+    with pytest.raises(ValueError, match=r"^The video has no frames\.$"):
+        plan_timeline(0, 10, "bounce")
+    with pytest.raises(ValueError, match=r"^The audio is empty \(zero length\)\.$"):
+        plan_timeline(10, 0, "bounce")
+
+
+def test_short_generated_runs_at_the_limit_and_alone():
+    def absorbed(lengths_and_actions):
+        spans, start = [], 0
+        for length, action in lengths_and_actions:
+            spans.append(Span(start, start + length, action))
+            start += length
+        return [(s.start, s.end, s.action) for s in absorb_short_generated_spans(spans, min_frames=4)]
+
+    assert absorbed([(10, S), (4, G), (10, S)]) == [(0, 10, S), (10, 14, G), (14, 24, S)]  # 4 frames are enough
+    assert absorbed([(3, G)]) == [(0, 3, G)]  # a whole video of 3 frames is still regenerated
+    assert absorbed([(10, S), (3, G)]) == [(0, 10, S), (10, 13, P)]
+    # runs cut short at a loop restart turn into one pass-through run, after whatever came before
+    assert absorbed([(10, G), (10, N), (2, G), (2, G), (6, N)]) == [(0, 10, G), (10, 20, N), (20, 24, P), (24, 30, N)]
+
+
+def test_span_details_survive_splitting_and_cutting():
+    details = {"reason": "kept"}
+    for spans in (split_at([Span(0, 40, G, details)], {20}), limit_span_length([Span(0, 600, G, details)], 250)):
+        assert len(spans) > 1 and all(span.details == details and span.details is not details for span in spans)
+    absorbed = absorb_short_generated_spans([Span(0, 10, S), Span(10, 12, G, details), Span(12, 20, S)], 4)
+    assert absorbed[1].details == details
+
+
+def test_only_generated_spans_are_cut_to_the_length_limit():
+    spans = limit_span_length([Span(0, 600, S), Span(600, 1200, G)], 250)
+    assert [(s.start, s.end, s.action) for s in spans] == [(0, 600, S), (600, 800, G), (800, 1000, G), (1000, 1200, G)]
+
+
+def test_output_fps_keeps_24_and_30_fps_themselves():
+    assert output_fps(24.0, keep_source_fps=True) == 24.0 and output_fps(30.0, keep_source_fps=True) == 30.0
+    assert output_fps(23.9, keep_source_fps=True) == 25.0 and output_fps(30.5, keep_source_fps=True) == 25.0
+
+
+def test_a_face_turned_exactly_to_the_yaw_limit_is_regenerated():
+    frames = [[detection(yaw=60.0 if i < 10 else 0.0)] for i in range(20)]
+    assert actions(plan(frames, max_yaw_degrees=60.0)) == [(0, 20, G)]
+    with pytest.raises(ValueError, match=r"^The video input has no decodable frames\.$"):
+        plan([])
+
+
+def test_every_pause_counts_and_a_frame_is_silent_from_its_centre():
+    # frame i's centre is (i + 0.5) / 25 s: frame 0 at 0.02 s, frame 1 at 0.06 s
+    np.testing.assert_array_equal(silent_frames(6, [(0.02, 0.06), (0.14, 1.0)], 25.0), [True, False, False, True, True, True])
+    np.testing.assert_array_equal(silent_frames(4, [(0.0, 0.1)], 25.0), [True, True, False, False])  # frame 2's centre is the end
+
+
+def test_cut_points_are_where_the_source_jumps_or_the_track_changes():
+    assert cut_points(np.array([0, 5, 6, 8, 9]), {}) == {1, 3}  # a jump of two frames is a cut too
+    assert cut_points(np.array([0, 5, 6, 8, 9]), {}, step=2) == {1}
+    assert cut_points(np.array([3, 4, 5]), {3: 0, 4: 1, 5: 1}) == {1}
+    assert cut_points(np.array([7]), {}) == set()
+
+
+def test_box_area_and_iou_edges():
+    assert box_area((10.0, 20.0, 30.0, 50.0)) == 600.0
+    assert box_area((0.0, 0.0, 0.5, 10.0)) == 5.0 and box_area((0.0, 0.0, 10.0, 0.5)) == 5.0
+    assert box_area((5.0, 5.0, 3.0, 10.0)) == 0.0 and box_area((5.0, 5.0, 10.0, 3.0)) == 0.0
+    assert iou((10, 0, 20, 10), (15, 0, 25, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 0.5, 1), (0, 0, 0.5, 1)) == 1.0
+    assert iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty boxes overlap nothing
+
+
+def box_face(x1, y1, x2, y2):
+    return Face(box=(x1, y1, x2, y2), landmarks3=np.array([[x1, y1], [x2, y1], [(x1 + x2) / 2, (y1 + y2) / 2]], float))
+
+
+def test_tracks_bridge_two_missed_frames_but_not_three():
+    def tracks_with_gap(gap):
+        frames = [[_face(100, 100, 200)] for _ in range(10)]
+        for i in range(4, 4 + gap):
+            frames[i] = []
+        return build_tracks(frames)
+
+    assert [sorted(t.faces) for t in tracks_with_gap(2)] == [list(range(10))]
+    assert [sorted(t.faces) for t in tracks_with_gap(3)] == [[0, 1, 2, 3], [7, 8, 9]]
+
+
+def test_a_filled_gap_interpolates_box_and_landmarks_and_takes_the_lower_score():
+    a = Face(box=(100.0, 100.0, 300.0, 300.0), landmarks3=np.array([[150.0, 150.0], [250.0, 150.0], [200.0, 220.0]]), score=0.9)
+    b = Face(box=(130.0, 100.0, 330.0, 300.0), landmarks3=np.array([[180.0, 160.0], [280.0, 160.0], [230.0, 232.0]]), score=0.6)
+    [track] = build_tracks([[a], [], [], [b]])
+    filled = track.faces[1]  # a third of the way from a to b
+    np.testing.assert_allclose(filled.box, (110.0, 100.0, 310.0, 300.0))
+    np.testing.assert_allclose(filled.landmarks3, [[160.0, 153.333333], [260.0, 153.333333], [210.0, 224.0]])
+    assert filled.score == 0.6
+
+
+def test_tracks_take_their_best_overlapping_face_one_each():
+    # Two faces side by side move a little: each track keeps its own face, best overlap first.
+    left, right = box_face(0, 0, 100, 100), box_face(40, 0, 140, 100)
+    moved_left, moved_right = box_face(5, 0, 105, 100), box_face(45, 0, 145, 100)  # each also overlaps the other's track
+    tracks = build_tracks([[left, right], [moved_left, moved_right]])
+    assert [[t.faces[0].box, t.faces[1].box] for t in tracks] == [[left.box, moved_left.box], [right.box, moved_right.box]]
+    # One track, two overlapping candidates: it takes the better one; the other starts a track
+    near, farther = box_face(1, 0, 101, 100), box_face(30, 0, 130, 100)
+    tracks = build_tracks([[left], [near, farther]])
+    assert [sorted(t.faces) for t in tracks] == [[0, 1], [1]] and tracks[0].faces[1].box == near.box
+    # A track already served does not stop another track from taking its own best face
+    other = box_face(10, 0, 110, 100)
+    tracks = build_tracks([[left, other], [box_face(1, 0, 101, 100), box_face(3, 0, 103, 100)]])
+    assert [sorted(t.faces) for t in tracks] == [[0, 1], [0, 1]]
+
+
+def test_a_face_overlapping_its_track_exactly_at_the_threshold_continues_it():
+    before, after = box_face(0.0, 0.0, 6.5, 1.0), box_face(3.5, 0.0, 10.0, 1.0)  # IoU 3 / 10
+    assert iou(before.box, after.box) == 0.3
+    assert len(build_tracks([[before], [after]], min_iou=0.3)) == 1
+
+
+def shot(x, y, size, first, count):
+    return {first + i: [_face(x, y, size)] for i in range(count)}
+
+
+def frames_of(*shots, total):
+    frames = [[] for _ in range(total)]
+    for faces in shots:
+        for frame, found in faces.items():
+            frames[frame] = frames[frame] + found
+    return frames
+
+
+def test_the_speakers_later_shots_the_largest_first_at_least_8_frames_and_a_fifth_of_the_area():
+    first = shot(100, 100, 300, 0, 20)
+    tracks = build_tracks(frames_of(first, shot(500, 300, 300, 30, 8), total=40))
+    assert [t.first for t in choose_speaker(tracks)] == [0, 30]  # 8 frames are enough
+    tracks = build_tracks(frames_of(first, shot(500, 300, 300, 30, 7), total=40))
+    assert [t.first for t in choose_speaker(tracks)] == [0]  # 7 are not
+    # a later shot's faces: the larger one is the speaker's, the smaller one beside it is not
+    tracks = build_tracks(frames_of(first, shot(100, 100, 250, 30, 10), shot(600, 100, 140, 30, 10), total=40))
+    chosen = choose_speaker(tracks)
+    assert [(t.first, t.faces[t.first].box[2] - t.faces[t.first].box[0]) for t in chosen] == [(0, 300), (30, 250)]
+    # a fifth of the first track's area is enough (150 x 120 of 300 x 300); less is someone else
+    for width, expected in ((150, [0, 30]), (149, [0])):
+        later = {30 + i: [box_face(500, 300, 500 + width, 420)] for i in range(10)}
+        assert [t.first for t in choose_speaker(build_tracks(frames_of(first, later, total=40)))] == expected
+    # a track skipped on the way (too short) does not end the search
+    tracks = build_tracks(frames_of(first, shot(500, 300, 310, 22, 4), shot(500, 300, 280, 30, 10), total=40))
+    assert [t.first for t in choose_speaker(tracks)] == [0, 30]
+
+
+def test_a_point_picks_the_face_containing_it_else_the_nearest():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        corners = rng.uniform(0, 1000, size=(3, 2))
+        sizes = rng.uniform(50, 300, size=3)
+        faces = [box_face(x, y, x + s, y + s * 1.2) for (x, y), s in zip(corners, sizes)]
+        tracks = build_tracks([faces])
+        point = rng.uniform(0, 1200, size=2)
+        inside = [i for i, f in enumerate(faces) if f.box[0] <= point[0] <= f.box[2] and f.box[1] <= point[1] <= f.box[3]]
+        centres = np.array([((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2) for f in faces])
+        distance = np.hypot(*(centres - point).T)
+        candidates = inside or range(3)
+        expected = faces[min(candidates, key=lambda i: distance[i])].box
+        assert choose_speaker(tracks, point=(point[0], point[1], 0))[0].faces[0].box == expected
+
+
+@pytest.mark.parametrize("point", [(0.0, 200.0), (400.0, 200.0), (200.0, 0.0), (200.0, 400.0)])
+def test_a_point_on_a_faces_edge_is_inside_it(point):
+    big = box_face(0, 0, 400, 400)
+    # a small face just outside that edge, whose centre is nearer the point than the big one's
+    x, y = point
+    dx, dy = (np.sign(x - 200) * 70, 0) if x in (0.0, 400.0) else (0, np.sign(y - 200) * 70)
+    small = box_face(x + dx - 50, y + dy - 50, x + dx + 50, y + dy + 50)
+    tracks = build_tracks([[big, small]])
+    assert choose_speaker(tracks, point=(x, y, 0))[0].faces[0].box == big.box
+    # inside one range only is not inside
+    assert choose_speaker(build_tracks([[big, box_face(150, 460, 250, 560)]]), point=(200, 450, 0))[0].faces[0].box == (150, 460, 250, 560)
+
+
+def test_choosing_by_point_or_box_on_a_frame_without_faces_names_the_way():
+    tracks = build_tracks([[_face(100, 100, 300)], []])
+    with pytest.raises(ValueError, match=r"^No face was found on frame 1 to select the speaker by point; pick a frame where the face is visible\.$"):
+        choose_speaker(tracks, point=(150, 150, 1))
+    with pytest.raises(ValueError, match=r"^No face was found on frame 1 to select the speaker by box; pick a frame where the face is visible\.$"):
+        choose_speaker(tracks, box=(100, 100, 400, 400, 1))
+
+
+def test_a_three_frame_video_looped_is_cut_at_each_restart():
+    # restarts jump two frames back (2 -> 0): each pass is its own run, too short to regenerate
+    result = plan([[detection()] for _ in range(3)], audio_s=9 / 25, length_mode="loop")
+    assert actions(result) == [(0, 9, P)]
+
+
+def test_a_track_beside_the_speaker_does_not_end_the_search_for_later_shots():
+    first, beside, later = shot(100, 100, 300, 0, 20), shot(600, 100, 200, 0, 20), shot(100, 100, 250, 30, 10)
+    tracks = build_tracks(frames_of(first, beside, later, total=40))  # beside's total area is larger than later's
+    assert [(t.first, t.faces[t.first].box[0]) for t in choose_speaker(tracks)] == [(0, 100), (30, 100)]
+
+
+def test_silence_spans_holding_a_detected_pause_name_the_detector():
+    frames = [[detection()] for _ in range(50)]
+    pauses = Pauses([(0.8, 1.2)], detector="a detector 1.0")
+    result = plan(frames, audio_s=1.6, pauses=pauses, length_mode="silence")  # frames 40-49: past the audio's end
+    assert [(s.start, s.end, s.action, s.details) for s in result.spans] == [
+        (0, 20, G, {}), (20, 30, S, {"detector": "a detector 1.0"}), (30, 40, G, {}), (40, 50, S, {}),
+    ]
+    assert all(span.details == {} for span in plan(frames, audio_s=1.6, pauses=[(0.8, 1.2)], length_mode="silence").spans)

@@ -3,6 +3,7 @@ the output of one at a time, reduced precision runs without a dtype mismatch and
 float32, and the compiled U-Net computes what the eager one does. With CUDA, the tests marked
 `gpu` run the pipeline in float16 on the GPU against float32 on the CPU."""
 
+import copy
 import shutil
 
 import numpy as np
@@ -74,21 +75,26 @@ def test_bfloat16_on_the_cpu_runs_and_stays_close_to_float32(media):
 
 
 def test_channels_last_weights_compute_what_contiguous_ones_do(reference):
-    """The layout `device.with_fast_layout` gives the models on CUDA, checked on the CPU."""
+    """The layout `device.with_fast_layout` gives the models on CUDA, checked on the CPU against the
+    same arithmetic in float64. Latents of 32 (256 px faces, the 1.5 size): at the tiny model's own
+    8 the deepest blocks are 1x1, where a group norm of 2 values magnifies any rounding 100-fold."""
     from latentsync.denoise import load_vae
 
     config = load_yaml(reference / "unet_tiny.yaml")["model"]
     unet = UNet3DConditionModel.from_checkpoint(config, reference / "unet_tiny.pt")
     vae = load_vae(reference / "vae_tiny")
     torch.manual_seed(0)
-    sample, audio, latents = torch.randn(2, 13, 16, 8, 8), torch.randn(32, 50, 384), torch.randn(16, 4, 8, 8)
+    sample, audio, latents = torch.randn(2, 13, 16, 32, 32), torch.randn(32, 50, 384), torch.randn(16, 4, 32, 32)
     with torch.no_grad():
-        before = unet(sample, torch.tensor(801), encoder_hidden_states=audio).sample, vae.decode(latents).sample
+        exact = (copy.deepcopy(unet).double()(sample.double(), torch.tensor(801), encoder_hidden_states=audio.double()).sample,
+                 copy.deepcopy(vae).double().decode(latents.double()).sample)
         unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
         assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-        after = unet(sample, torch.tensor(801), encoder_hidden_states=audio).sample, vae.decode(latents).sample
-    for a, b in zip(before, after):
-        assert ((a - b).norm() / a.norm()).item() < 1e-5
+        fast = unet(sample, torch.tensor(801), encoder_hidden_states=audio).sample, vae.decode(latents).sample
+    # float32 rounding, as in the contiguous layout (measured: U-Net 3.3e-6, contiguous 1.0e-6;
+    # VAE 2.4e-5, contiguous 8.4e-6)
+    for out, reference_out, bound in zip(fast, exact, (1e-5, 5e-5)):
+        assert ((out.double() - reference_out).norm() / reference_out.norm()).item() < bound
 
 
 @pytest.mark.slow  # compiling even the tiny U-Net takes minutes on two CPU cores

@@ -1,16 +1,20 @@
 """Production behaviour on real footage shapes: cut-aways, pauses, two faces, length modes,
 out-of-memory recovery, failed windows, sync policies and the result cache."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from latentsync.cache import ResultCache
-from latentsync.options import LipsyncOptions
-from latentsync.planner import NoFaceError
-from latentsync.sync import SyncNetScorer
+from latentsync.denoise import denoise_windows
 from latentsync.media.probe import probe
-from tests.media import ffmpeg, frames, psnr, random_syncnet_weights, small_clip, speech, tiny_pipeline
+from latentsync.options import LipsyncOptions
+from latentsync.pipeline import LipsyncPipeline
+from latentsync.planner import NoFaceError
+from latentsync.sync import SyncNetScorer, SyncScore
+from tests.media import ffmpeg, frames, psnr, random_syncnet_weights, small_clip, speech, tiny_files, tiny_pipeline
 
 FAST = dict(num_inference_steps=1)
 
@@ -190,26 +194,86 @@ def test_no_face_anywhere_fails_with_a_clear_message(pipeline, clips):
     assert not (folder / "none.mp4").exists()
 
 
+class ChosenScores:
+    """The real SyncNet scorer (random weights) run on what the pipeline hands it, but reporting the
+    chosen confidences, one per call in order (the last one again if asked more often); it records
+    how many faces each call scored."""
+
+    def __init__(self, scorer: SyncNetScorer, *confidences: float):
+        self.scorer, self.confidences, self.faces_scored = scorer, confidences, []
+
+    def score(self, faces, samples, fps=25.0) -> SyncScore:
+        measured = self.scorer.score(faces, samples, fps)
+        self.faces_scored.append(len(faces))
+        return replace(measured, confidence=self.confidences[min(len(self.faces_scored), len(self.confidences)) - 1])
+
+
+class RecordingDenoiser:
+    """denoise_windows, recording the guidance scale each call actually received."""
+
+    def __init__(self):
+        self.guidance = []
+
+    def __call__(self, *args, guidance_scale, **kwargs):
+        self.guidance.append(guidance_scale)
+        return denoise_windows(*args, guidance_scale=guidance_scale, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def scored_pipeline(tmp_path_factory):
-    path = random_syncnet_weights(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model")
-    return tiny_pipeline(sync_scorer=SyncNetScorer(path, batch_size=16))
+def syncnet(tmp_path_factory):
+    return SyncNetScorer(random_syncnet_weights(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"), batch_size=16)
 
 
-@pytest.mark.parametrize("action", ["regenerate", "passthrough"])
-def test_low_sync_confidence_policy(scored_pipeline, clips, action):
+SYNC_AUDIO_S = 1.28  # 32 frames: one span of two windows
+SYNC_THRESHOLD = 5.0
+
+
+def run_with_scores(pipeline, syncnet, clips, name, confidences, action="regenerate"):
+    """A job with min_sync_confidence 5 whose span scores `confidences` in turn; returns the
+    report, the output frames, the guidance the denoiser received and the faces scored per call."""
+    scorer, denoiser = ChosenScores(syncnet, *confidences), RecordingDenoiser()
+    scored = LipsyncPipeline(pipeline.unet, pipeline.vae, pipeline.scheduler, pipeline.audio_encoder, pipeline.face_detector, pipeline.mask,
+                             pipeline.resolution, sync_scorer=scorer, denoiser=denoiser)
     folder = clips["folder"]
-    audio = speech(folder / "sync.wav", 2.0, start=1.0)
-    options = LipsyncOptions(**FAST, skip_silence=False, min_sync_confidence=1e9, low_sync_action=action)
-    report = scored_pipeline(clips["face"], audio, folder / f"sync_{action}.mp4", options).report.to_dict()
-    span = report["spans"][0]
-    assert span["low_sync"]["threshold"] == 1e9 and span["low_sync"]["action"] == action
-    if action == "passthrough":
-        assert span["action"] == "passthrough" and report["frames_generated"] == 0
-    else:
-        assert span["action"] == "generated" and span["regenerated_with_guidance"] == 2.0
-        assert span["sync_confidence_before"] is not None and span["sync_confidence"] is not None
-    assert report["unet_window_steps"] == (8 if action == "regenerate" else 4)  # 4 windows, twice or once
+    options = LipsyncOptions(**FAST, guidance_scale=1.5, skip_silence=False, min_sync_confidence=SYNC_THRESHOLD, low_sync_action=action)
+    out = folder / f"sync_{name}.mp4"
+    report = scored(clips["face"], speech(folder / "sync.wav", SYNC_AUDIO_S, start=1.0), out, options).report.to_dict()
+    return report, frames(out), denoiser.guidance, scorer.faces_scored
+
+
+@pytest.fixture(scope="module")
+def kept(pipeline, syncnet, clips):
+    return run_with_scores(pipeline, syncnet, clips, "kept", [SYNC_THRESHOLD + 2.0])
+
+
+def test_a_span_scoring_above_the_threshold_is_kept(kept):
+    report, _, guidance, faces_scored = kept
+    [span] = report["spans"]
+    assert span["action"] == "generated" and span["sync_confidence"] == SYNC_THRESHOLD + 2.0
+    assert "low_sync" not in span and "regenerated_with_guidance" not in span
+    assert guidance == [1.5, 1.5] and faces_scored == [32]  # two windows once, one span scored once
+    assert report["frames_generated"] == 32 and report["unet_window_steps"] == 2
+
+
+def test_a_span_scoring_below_is_regenerated_with_more_guidance(pipeline, syncnet, clips, kept):
+    report, output, guidance, faces_scored = run_with_scores(pipeline, syncnet, clips, "regenerated", [SYNC_THRESHOLD - 2.0, SYNC_THRESHOLD + 1.0])
+    [span] = report["spans"]
+    assert span["action"] == "generated" and span["low_sync"] == {"confidence": 3.0, "threshold": 5.0, "action": "regenerate"}
+    assert span["sync_confidence_before"] == 3.0 and span["sync_confidence"] == 6.0 and span["regenerated_with_guidance"] == 2.0
+    assert guidance == [1.5, 1.5, 2.0, 2.0]  # what the denoiser received: the retry at guidance + 0.5
+    assert faces_scored == [32, 32] and report["unet_window_steps"] == 4
+    # the retry's faces are the ones written (44.5 dB from the kept run's frames, which are the
+    # first pass's: keeping the first pass would write them exactly)
+    _, kept_output, _, _ = kept
+    assert psnr(kept_output, output) < 50
+
+
+def test_a_span_scoring_below_is_passed_through_when_asked(pipeline, syncnet, clips):
+    report, output, guidance, _ = run_with_scores(pipeline, syncnet, clips, "passed", [SYNC_THRESHOLD - 2.0], action="passthrough")
+    [span] = report["spans"]
+    assert span["action"] == "passthrough" and span["low_sync"]["action"] == "passthrough"
+    assert report["frames_generated"] == 0 and guidance == [1.5, 1.5]
+    assert unchanged(frames(clips["face"])[: len(output)], output, 0, len(output))
 
 
 def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
@@ -220,3 +284,24 @@ def test_repeat_request_is_served_from_the_cache(clips, tmp_path, monkeypatch):
     second = pipeline(clips["face"], audio, tmp_path / "second.mp4", LipsyncOptions(**FAST)).report.to_dict()
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()
+
+
+def test_other_weights_or_another_precision_miss_the_cache(clips, tmp_path):
+    """The key holds what was loaded, not just the version label: a U-Net file changed under the
+    same label, or another precision, produces again instead of serving the old result."""
+    cache = ResultCache(tmp_path / "cache")
+    audio = speech(clips["folder"] / "identity.wav", 0.6, start=1.0)
+
+    def served(pipeline, name: str) -> str:
+        return pipeline(clips["face"], audio, tmp_path / name, LipsyncOptions(**FAST)).report.cache
+
+    assert [served(tiny_pipeline(cache=cache), name) for name in ("a.mp4", "b.mp4")] == ["miss", "hit"]
+    checkpoint = torch.load(tiny_files().unet_checkpoint, map_location="cpu", weights_only=False)
+    first = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][first] = checkpoint["state_dict"][first] + 0.01
+    torch.save(checkpoint, tmp_path / "unet_changed.pt")
+    changed = LipsyncPipeline.from_files(replace(tiny_files(), unet_checkpoint=tmp_path / "unet_changed.pt"), device="cpu",
+                                         face_detector="mediapipe", cache=cache)
+    assert changed.version == "tiny" and served(changed, "c.mp4") == "miss"
+    assert served(tiny_pipeline(cache=cache, precision="bfloat16"), "d.mp4") == "miss"
+    assert served(tiny_pipeline(cache=cache), "e.mp4") == "hit"  # the first load's entry is still there

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -30,7 +31,7 @@ def served(tmp_path, monkeypatch):
         yield server, manifest, tmp_path / "weights"
 
 
-def test_ensure_weights_downloads_verifies_and_then_trusts_the_cache(served):
+def test_ensure_weights_downloads_verifies_and_then_trusts_the_cache(served, monkeypatch):
     server, manifest, root = served
     files = ensure_weights("1.6", root, manifest)
     assert files.resolution == 64 and files.unet_config.name == "unet_tiny.yaml"
@@ -39,9 +40,26 @@ def test_ensure_weights_downloads_verifies_and_then_trusts_the_cache(served):
     assert files.insightface_root is None and files.syncnet is None
     assert len([r for r in server.requests if r["path"] == UNET]) > 5  # parallel ranges
     assert not list(root.rglob("*.part*"))
-    before = len(server.requests)
+    before, hashed = len(server.requests), []
+    monkeypatch.setattr(weights, "sha256_of", lambda path: hashed.append(path.name) or sha256_of(path))
     ensure_weights("1.5", root, manifest)  # same files: nothing to fetch, nothing to re-hash
-    assert len(server.requests) == before
+    assert len(server.requests) == before and hashed == []
+    stat = files.mask.stat()
+    os.utime(files.mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: hashed again, still not fetched
+    ensure_weights("1.5", root, manifest)
+    assert len(server.requests) == before and hashed == [files.mask.name]
+
+
+def test_the_weights_identity_is_the_manifests_hashes_of_the_verified_files(served):
+    """The result cache keys on it: taken from the manifest once ensure_weights verified the files
+    (no 5 GB re-read at load), and computed from the files when they were laid out by hand."""
+    _, manifest, root = served
+    files = ensure_weights("1.6", root, manifest)
+    identity = weights.weights_identity(files)
+    assert identity["unet"] == manifest.files["unet"].sha256 == sha256_of(files.unet_checkpoint)
+    assert set(identity) == set(manifest.versions["1.6"].files) | {"unet_config"}
+    by_hand = weights.weights_identity(replace(files, sha256={}))
+    assert by_hand[str(files.unet_checkpoint)] == identity["unet"] and by_hand[str(files.mask)] == identity["mask"]
 
 
 def test_a_dropped_connection_resumes_the_chunk(served):

@@ -14,22 +14,31 @@ their Cog names; Preview plan's is `plan`:
     video, report, timeline = Client("http://127.0.0.1:7860/").predict(
         handle_file("template.mp4"), segments='[{"start": 0.4, "end": 1.9, "audio": 0}]',
         segment_audio=[handle_file("name.wav")], api_name="/lipsync")
+
+No Gradio component is handed an upload its own ffmpeg would open: the speech preview plays our
+runner's re-encoding of a file that passed the service's checks (`Jobs.speech_preview`), and the
+events take the raw uploads (preprocess=False) for the service's checks. Errors reach the visitor
+as the service's one sentence; anything unexpected as one sentence too, with the details logged.
 """
 
 import asyncio
 import contextlib
 import json
+import logging
 import threading
-import uuid
+from dataclasses import replace
 
 import gradio as gr
 
-from ..config import APP_SEGMENT_ROWS, PRESETS, SEGMENT_AUDIO_DESCRIPTION, SERVICE_INPUTS, InputSpec
+from ..config import APP_BROWSERS_KEPT, APP_CHECKS_AT_ONCE, APP_SEGMENT_ROWS, PRESETS, SEGMENT_AUDIO_DESCRIPTION, SERVICE_INPUTS, InputSpec
 from ..progress import Progress, windows_denoised
 from ..timeline import timeline_image
 from ..weights import WeightsError
 from ..windows import AlignmentError, ModelError
-from .jobs import JobResult, Jobs
+from .jobs import SPEECH_UPLOADS, JobResult, Jobs, Recent, new_browser_id
+from .uploads import FileInput, VideoInput
+
+logger = logging.getLogger("latentsync")
 
 # The service's inputs the endpoints take by name: all but return_report (the page always returns
 # the report) and plan_only (the plan has its own button and endpoint).
@@ -37,8 +46,10 @@ PAGE_INPUTS = [name for name in SERVICE_INPUTS if name not in ("return_report", 
 MAIN_OPTIONS = ("version", "guidance_scale", "inference_steps", "enable_deepcache")  # the rest go under "More options"
 SEGMENT_FIELDS = ("start", "end", "audio_start", "inference_steps", "guidance_scale")  # a segment row's numbers; its clip besides
 VIDEO_HEIGHT = 420  # pixels: portrait and landscape clips both fit beside each other
+SLIDER_MAX_STEPS = 1000  # a number input with a wider range (the seed) is a number box, not a slider
 # bad inputs, no usable face, weights that cannot be fetched, the model failing on the device: each one sentence
 USER_ERRORS = (ValueError, WeightsError, FileNotFoundError, ModelError, AlignmentError)
+SERVER_ERROR = "Something failed on the server (its log has the details); try again, and report it if it happens again."
 
 
 class LipsyncPage:
@@ -47,7 +58,7 @@ class LipsyncPage:
     def __init__(self, jobs: Jobs, version: str):
         self.jobs = jobs
         self.version = version
-        self._browsers: dict[str, str] = {}  # page session -> browser id (kept in the browser's storage)
+        self._browsers = Recent(APP_BROWSERS_KEPT)  # page session -> browser id (kept in the browser's storage)
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="LatentSync lip-sync", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
@@ -55,19 +66,20 @@ class LipsyncPage:
             gr.Markdown("## LatentSync lip-sync\nUpload a talking-head video and the speech it should say: "
                         "the same video comes back with only the mouth re-made. Jobs run one at a time.")
             with gr.Row(equal_height=True):
-                source = gr.Video(label="Source video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="source-video")
+                # Gradio's video box has no file_types: its upload offers video files only, and the checks take the rest.
+                source = VideoInput(label="Source video", sources=["upload"], height=VIDEO_HEIGHT, elem_id="source-video")
                 output = gr.Video(label="Lip-synced", interactive=False, height=VIDEO_HEIGHT, elem_id="lipsynced-video")
             with gr.Row():
                 with gr.Column(scale=2):
-                    audio = gr.File(label="Speech: an audio file, or a video whose audio track to use", elem_id="speech-file")
+                    audio = FileInput(label="Speech: an audio file, or a video whose audio track to use", file_types=list(SPEECH_UPLOADS), elem_id="speech-file")
                     speech = gr.Audio(label="Speech preview", interactive=False, visible=False)
                 with gr.Column(scale=1):
                     preset = gr.Radio(list(PRESETS), value=None, label="Preset", info=" · ".join(f"{name}: {p.use}" for name, p in PRESETS.items()))
                     run = gr.Button("Lip-sync", variant="primary", elem_id="run-button")
-                    preview = gr.Button("Preview plan", variant="secondary", elem_id="preview-button")
+                    preview_plan = gr.Button("Preview plan", variant="secondary", elem_id="preview-button")
                     stop = gr.Button("Stop", variant="secondary")
             widgets = self._option_widgets()
-            rows, segment_audio = self._segment_rows(widgets)
+            rows, segment_audio = self._segment_rows()
             status = gr.Markdown(elem_id="status")
             timeline = gr.Image(label="Timeline", type="filepath", interactive=False, elem_id="timeline")
             with gr.Accordion("Report", open=False):
@@ -77,23 +89,23 @@ class LipsyncPage:
             inputs = [source, audio]  # then the service's inputs by name, and the segments' clips
             named = {**{name: widgets[name] for name in PAGE_INPUTS}, "segment_audio": segment_audio}
             results = [output, report, timeline]
+            checks = {"concurrency_limit": APP_CHECKS_AT_ONCE, "concurrency_id": "checks", "preprocess": False}
+            audio.change(self.preview, audio, speech, api_visibility="private", show_progress="hidden", **checks)
             # The table's rows become the service's segments (JSON) and clips before the checks.
             table = dict(fn=self.segments_of_rows, inputs=[field for row in rows for field in row], outputs=[widgets["segments"], segment_audio],
-                         api_visibility="private", show_progress="hidden", preprocess=False)
-            audio.change(lambda file: gr.Audio(value=file, visible=file is not None), audio, speech, api_visibility="private", show_progress="hidden")
+                         api_visibility="private", show_progress="hidden", **checks)
             preset.input(self.apply_preset, preset, [widgets[name] for name in _preset_inputs()], api_visibility="private", show_progress="hidden")
             # The cheap checks run at once, outside the model's queue, so a bad upload is told straight away.
             # Both events take the raw values (preprocess=False): out-of-range options then get the
             # service's message, naming the input, rather than Gradio's.
-            check = dict(fn=self.check, inputs=inputs, inputs_kwargs=named, api_visibility="private", concurrency_limit=None, show_progress="hidden",
-                         preprocess=False)
+            check = dict(fn=self.check, inputs=inputs, inputs_kwargs=named, api_visibility="private", show_progress="hidden", **checks)
             job = (
                 run.click(**table).success(**check)
                 .success(self.lipsync, inputs, results, inputs_kwargs=named, api_name="lipsync", concurrency_limit=1, concurrency_id="model", preprocess=False)
             )
             job.success(self.listed, [report, browser], [status, earlier], api_visibility="private", show_progress="hidden")
             planned = (
-                preview.click(**table).success(**check)
+                preview_plan.click(**table).success(**check)
                 .success(self.plan, inputs, [report, timeline, status], inputs_kwargs=named, api_name="plan", concurrency_limit=1,
                          concurrency_id="model", preprocess=False)
             )
@@ -106,7 +118,10 @@ class LipsyncPage:
         widgets = {}
         with gr.Row():
             for name in MAIN_OPTIONS:
-                widgets[name] = option_widget(name, SERVICE_INPUTS[name], self.version if name == "version" else None)
+                spec = SERVICE_INPUTS[name]
+                if name == "version":  # the versions this server offers, the loaded one first chosen
+                    spec = replace(spec, choices=self.jobs.versions)
+                widgets[name] = option_widget(name, spec, self.version if name == "version" else None)
         with gr.Accordion("More options", open=False), gr.Row():
             for name in PAGE_INPUTS:
                 if name not in (*MAIN_OPTIONS, "segments"):
@@ -114,7 +129,7 @@ class LipsyncPage:
         widgets["segments"] = gr.Textbox(SERVICE_INPUTS["segments"].default, visible=False)  # filled from the table below
         return widgets
 
-    def _segment_rows(self, widgets: dict) -> tuple[list[tuple], gr.File]:
+    def _segment_rows(self) -> tuple[list[tuple], gr.File]:
         """The segments' table: APP_SEGMENT_ROWS rows of start, end, clip and the optional
         settings; and the (hidden) list of clips the endpoints take as segment_audio."""
         rows = []
@@ -127,10 +142,17 @@ class LipsyncPage:
                     numbers = {field: gr.Number(None, label=f"{number}: {field.replace('_', ' ')}" + (" (s)" if field in ("start", "end", "audio_start") else ""),
                                                 minimum=0, elem_id=f"segment-{number}-{field.replace('_', '-')}", min_width=80)
                                for field in SEGMENT_FIELDS}
-                    clip = gr.File(label=f"{number}: its speech", elem_id=f"segment-{number}-audio", min_width=240)
+                    clip = FileInput(label=f"{number}: its speech", file_types=list(SPEECH_UPLOADS), elem_id=f"segment-{number}-audio", min_width=240)
                 rows.append((*numbers.values(), clip))
-        return rows, gr.File(file_count="multiple", visible=False, label=SEGMENT_AUDIO_DESCRIPTION)
+        return rows, FileInput(file_count="multiple", file_types=list(SPEECH_UPLOADS), visible=False, label=SEGMENT_AUDIO_DESCRIPTION)
     # ---- events ------------------------------------------------------------------------------
+
+    def preview(self, audio):
+        """The speech upload, playable: our re-encoding of it once it passed the checks."""
+        if not _path(audio):
+            return gr.Audio(value=None, visible=False)
+        with told_in_one_sentence():
+            return gr.Audio(value=str(self.jobs.speech_preview(_path(audio))), visible=True)
 
     def segments_of_rows(self, *values):
         """The table's filled rows as the service's segments (JSON, each naming its clip by its
@@ -150,18 +172,18 @@ class LipsyncPage:
 
     def check(self, video, audio=None, segment_audio=None, **inputs):
         """The service's checks on the uploads, options and segments, before the job joins the queue."""
-        try:
+        with told_in_one_sentence():
             self.jobs.check(_path(video), _path(audio), inputs, _paths(segment_audio))
-        except USER_ERRORS as error:
-            raise gr.Error(str(error), print_exception=False) from None
 
     async def lipsync(self, video, audio=None, request: gr.Request = None, progress=gr.Progress(), segment_audio=None, **inputs):
         """Lip-sync `video` to `audio` with the service's inputs (by their Cog names; with
         `segments`, only those time ranges, to the clips in `segment_audio`). Returns the
         lip-synced video, the report and the report's timeline picture (PNG)."""
-        browser = self._browsers.get(request.session_hash) if request and request.session_hash else None
+        session = request.session_hash if request else None
+        browser = self._browsers.get(session) if session else None
+        visitor = (request.username if request else None) or browser or session or ""  # whose repeats the result cache answers
         progress(0, desc="Reading the audio")
-        result = await _in_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), browser=browser,
+        result = await _in_thread(self.jobs.run, _path(video), _path(audio), inputs, PageProgress(progress), browser=browser, visitor=visitor,
                                   segment_audio=_paths(segment_audio))
         return result.video, result.report, result.timeline
 
@@ -187,9 +209,9 @@ class LipsyncPage:
 
     def restore(self, browser, request: gr.Request):
         """On page load: this browser's id (made on its first visit) and its latest result."""
-        browser = browser or uuid.uuid4().hex
+        browser = new_browser_id(browser)
         if request and request.session_hash:
-            self._browsers[request.session_hash] = browser
+            self._browsers.put(request.session_hash, browser)
         results = self.jobs.results_for(browser)
         choices = gr.Dropdown(choices=[(result.label, result.id) for result in results], value=results[0].id if results else None)
         if not results:
@@ -227,7 +249,9 @@ def option_widget(name: str, spec: InputSpec, value=None) -> gr.components.Compo
         return gr.Radio(list(spec.choices), value=value, label=label, info=spec.description)
     if spec.kind in (int, float) and spec.minimum is not None:
         step = 1 if spec.kind is int else 0.1
-        return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=spec.description)
+        if (spec.maximum - spec.minimum) / step <= SLIDER_MAX_STEPS:
+            return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=spec.description)
+        return gr.Number(value=value, minimum=spec.minimum, maximum=spec.maximum, precision=0 if spec.kind is int else None, label=label, info=spec.description)
     if spec.kind is int:
         return gr.Number(value=value, precision=0, label=label, info=spec.description)
     return gr.Textbox(value=value, label=label, info=spec.description)
@@ -263,19 +287,33 @@ def plan_summary(plan: dict) -> str:
 
 async def _in_thread(function, *args, **kwargs):
     """`function(*args, cancel=event, **kwargs)` in a thread: Stop (or the client cancelling)
-    sets the event, which ends the pipeline within about a window; a user's error becomes the
-    page's one-sentence message."""
+    sets the event, which ends the pipeline within about a window; errors reach the visitor as
+    one sentence (`told_in_one_sentence`)."""
     cancel = threading.Event()
     work = asyncio.ensure_future(asyncio.to_thread(function, *args, cancel=cancel, **kwargs))
+    with told_in_one_sentence():
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await work
+            raise
+
+
+@contextlib.contextmanager
+def told_in_one_sentence():
+    """The service's sentence for a bad request; for anything else, one sentence to the visitor
+    and the traceback to the log (Gradio would show the exception's own text)."""
     try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        cancel.set()
-        with contextlib.suppress(Exception):
-            await work
+        yield
+    except gr.Error:
         raise
     except USER_ERRORS as error:
         raise gr.Error(str(error), print_exception=False) from None
+    except Exception:
+        logger.exception("a web app request failed")
+        raise gr.Error(SERVER_ERROR, print_exception=False) from None
 
 
 def _path(upload) -> str | None:

@@ -41,6 +41,7 @@ class Job:
     attempt: str | None = None  # self-hosted: the token of the worker's current attempt, which fences its writes
     attempts: int = 0  # self-hosted: attempts so far (workers that took it)
     entry: str | None = None  # self-hosted: the queue entry that carries it
+    degraded: bool = False  # a success whose report shows failed windows: handed over, never reused
     updated_at: float = 0.0
 
     @property
@@ -56,22 +57,26 @@ class News:
     status: str
     output_url: str | None = None
     error: str | None = None
+    degraded: bool = False  # some windows kept their original frames (the `failed_windows` metric or report field)
 
 
 def news_of(prediction: dict) -> News:
     """The news in a prediction record (Replicate's or a Cog server's): `{video, report}` outputs
-    give their video."""
+    give their video; failed windows, in the metrics or the report, make it a degraded result."""
     output = prediction.get("output")
     url = output.get("video") if isinstance(output, dict) else output
-    return News(prediction["id"], prediction["status"], url if isinstance(url, str) else None, prediction.get("error"))
+    report = output.get("report") if isinstance(output, dict) else None
+    failed_windows = (prediction.get("metrics") or {}).get("failed_windows") or (report or {}).get("failed_windows") or 0
+    return News(prediction["id"], prediction["status"], url if isinstance(url, str) else None, prediction.get("error"), failed_windows > 0)
 
 
 def is_live(job: Job | None, now: float, ttl: float) -> bool:
     """Whether a submit should use `job` as it is rather than claim its key: a success is kept, and
     so is a job in progress, which lives on Replicate or in the self-hosted queue (where a lost
-    worker's job is taken over by another worker). Failures, cancellations, and claims whose
-    owner stopped refreshing before the job was created (or let go: heartbeat 0) are claimed again."""
-    if job is None or job.status in ("failed", "canceled"):
+    worker's job is taken over by another worker). Failures, cancellations, degraded successes
+    (windows that kept their original frames), and claims whose owner stopped refreshing before
+    the job was created (or let go: heartbeat 0) are claimed again."""
+    if job is None or job.status in ("failed", "canceled") or job.degraded:
         return False
     if job.status in ("claimed", "uncertain"):
         return now - job.heartbeat_at < ttl
@@ -92,7 +97,7 @@ def merged(job: Job, news: News, now: float) -> Job | None:
     prediction's, or not newer than what the job knows)."""
     if news.prediction_id != job.prediction_id or RANK.get(news.status, -1) <= RANK[job.status]:
         return None
-    return replace(job, status=news.status, output_url=news.output_url, error=news.error, updated_at=now)
+    return replace(job, status=news.status, output_url=news.output_url, error=news.error, degraded=news.degraded, updated_at=now)
 
 
 class ClaimLost(RuntimeError):

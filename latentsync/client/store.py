@@ -196,13 +196,14 @@ class SQLiteStore(_Store):
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, prediction_id TEXT, status TEXT NOT NULL, input TEXT, output_url TEXT,"
     " output_path TEXT, error TEXT, owner TEXT, heartbeat_at REAL NOT NULL DEFAULT 0, server TEXT, attempt TEXT,"
-    " attempts INTEGER NOT NULL DEFAULT 0, entry TEXT, updated_at REAL NOT NULL)",
+    " attempts INTEGER NOT NULL DEFAULT 0, entry TEXT, degraded INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS predictions (prediction_id TEXT PRIMARY KEY, key TEXT NOT NULL)",  # every prediction a job had
     "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL, created_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS webhook_ids (id TEXT PRIMARY KEY, received_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS early_news (prediction_id TEXT PRIMARY KEY, news TEXT NOT NULL, received_at REAL NOT NULL)",
 ]
-ADDED_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL NOT NULL DEFAULT 0", "server": "TEXT", "attempt": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0", "entry": "TEXT"}
+ADDED_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL NOT NULL DEFAULT 0", "server": "TEXT", "attempt": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0", "entry": "TEXT",
+                 "degraded": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def _create_tables(txn, now) -> None:
@@ -256,6 +257,7 @@ class _SQLiteTransaction:
 def record_of(job: Job) -> dict:
     record = asdict(job)
     record["input"] = json.dumps(job.input, sort_keys=True) if job.input is not None else None
+    record["degraded"] = int(job.degraded)  # SQLite and Redis keep numbers, not booleans
     return record
 
 
@@ -264,7 +266,7 @@ def job_from_record(record: dict) -> Job:
     values = {name: record.get(name) for name in JOB_FIELDS if record.get(name) is not None}
     if "input" in values:
         values["input"] = json.loads(values["input"])
-    for name, kind in (("heartbeat_at", float), ("updated_at", float), ("attempts", int)):
+    for name, kind in (("heartbeat_at", float), ("updated_at", float), ("attempts", int), ("degraded", lambda v: bool(int(v)))):
         if name in values:
             values[name] = kind(values[name])
     return Job(**values)

@@ -28,6 +28,10 @@ ACCEPTED_DEMUXERS = (
 )
 VIDEO_FORMATS = "mp4, mov, mkv, webm, avi, ts, or a still image"
 AUDIO_FORMATS = "wav, mp3, aac, m4a, ogg, opus, flac"
+# The file names those containers go by, for upload forms (the content still decides: `probe`).
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp", ".3g2")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".aac", ".m4a", ".ogg", ".oga", ".opus", ".flac", ".aif", ".aiff", ".mka")
 IMAGE2_SINGLE_FILE = ("-pattern_type", "none")  # a name like img%03d.png is one file, not a sequence
 QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 REFUSED_KINDS = {"hls": "an HLS playlist", "concat": "an ffconcat script", "dash": "a DASH manifest", "sdp": "an SDP session description"}
@@ -56,10 +60,17 @@ def guard_args() -> list[str]:
     return ["-format_whitelist", ",".join(ACCEPTED_DEMUXERS), "-protocol_whitelist", "file"]
 
 
+# The most time any one ffmpeg run gets, whatever a file declares (its frame rate is the file's
+# word: a 10-minute 4K file declaring 1000 fps would otherwise get 11 days). 10 minutes of 4K at
+# 60 fps, the largest input the service takes, is 36,000 frames: under 2 frames a second in this time.
+MAX_TIME_LIMIT_S = 6 * 3600.0
+
+
 def time_limit(seconds: float, width: int = 0, height: int = 0, fps: float = 0.0) -> float:
     """How long ffmpeg may take over `seconds` of media: a minute, plus real time, plus more for
-    large frames (5 megapixels a second). Generous on a busy machine, never endless."""
-    return 60.0 + max(0.0, seconds) * (1.0 + width * height * fps / 5e6)
+    large frames (5 megapixels a second), up to MAX_TIME_LIMIT_S. Generous on a busy machine,
+    never endless."""
+    return min(MAX_TIME_LIMIT_S, 60.0 + max(0.0, seconds) * (1.0 + width * height * fps / 5e6))
 
 
 def subject(role: str | None, path) -> str:

@@ -32,7 +32,7 @@ import httpx
 
 from .. import config
 from ..client.inputs import is_url
-from ..client.jobs import Job, News
+from ..client.jobs import Job, News, news_of
 from ..client.queue import Delivery, JobQueue
 from ..client.storage import StorageError
 from ..client.webhooks import signed_headers
@@ -161,7 +161,8 @@ class Worker:
             return self._release(delivery, str(error))
         finally:
             path.unlink(missing_ok=True)
-        self._finish(delivery, job, News(job.key, "succeeded", output_url=url), prediction)
+        degraded = news_of(prediction).degraded  # windows that kept their original frames: handed over, never reused
+        self._finish(delivery, job, News(job.key, "succeeded", output_url=url, degraded=degraded), prediction)
 
     def _finish(self, delivery: Delivery, job: Job, news: News, prediction: dict) -> None:
         outcome = self.queue.report(delivery, news)
