@@ -277,10 +277,8 @@ def test_a_segment_job_and_its_plan_through_the_endpoints(app, media):
     ('[{"start": 0.1, "end": 0.5, "audio": 0, "audio_start": 7}]', 1, "segment 1 (0.10-0.50 s) starts its speech at 7.00 s of its audio, which is only 1.20 s long."),
     ('[{"start": 0.1, "end": 0.5, "audio": 3}]', 1, "segment 1's audio must be the index of its file in segment_audio (0 to 0), got 3."),
 ])
-def test_a_bad_segment_list_gets_its_sentence_and_the_app_keeps_serving(app, media, first_job, segments, clips, message):
-    url, _ = app
+def test_a_bad_segment_list_gets_its_sentence_and_the_app_keeps_serving(client, media, first_job, segments, clips, message):
     video, audio, _ = media
-    client = Client(url, verbose=False)
     with pytest.raises(AppError) as error:
         client.predict(handle_file(str(video)), handle_file(str(audio)), segments=segments, segment_audio=[handle_file(str(audio))] * clips,
                        api_name="/lipsync")
