@@ -32,8 +32,8 @@ from .face.align import FaceAligner
 from .face.track import MAX_GAP
 from .job import Job, Models
 from .media.decode import FrameReader, read_frames
-from .media.ffmpeg import MediaError
-from .planner import Action, PlanBuilder, Span
+from .planner import Action, Plan, PlanBuilder, Span, frames_covering
+from .progress import notify, raise_if_cancelled
 from .windows import AlignmentError, Window, hand_over, take
 
 CROPS_KEPT_S = 6.0  # crops are kept this far ahead of the frames handed over (past the first half of a 10 s run)
@@ -149,7 +149,7 @@ class Analysis:
             return None
         frames = range(start, min(start + FRAMES_PER_WINDOW, span.end))
         self._window, self._handed = (span.start, frames.stop), frames.stop
-        return Window(span.start, frames, np.stack([self._crop_of(k) for k in frames]))
+        return Window(span.start, frames, np.stack([self._crop_of(k) for k in frames]), *span.settings(self.job.options))
 
     def _crop_of(self, frame: int) -> np.ndarray:
         """The speaker's crop on output `frame`: kept since its frame was decoded, or decoded again."""
@@ -168,3 +168,16 @@ class Analysis:
         except Exception as error:
             raise AlignmentError(f"Aligning the faces for the model failed at {source / self.job.fps:.2f} s of the video: "
                                  f"{type(error).__name__}: {error}") from error
+
+
+def plan_only(job: Job, detector, builder: PlanBuilder, max_seconds: float | None = None) -> Plan:
+    """The plan a job's analysis builds, without cropping for the model (`LipsyncPipeline.plan`):
+    each frame read once, its faces found (`detector`) and the plan extended, in the calling
+    thread, telling `job.progress` how far it is."""
+    total = frames_covering(job.info.duration, job.fps)
+    with closing(read_frames(job.video_path, job.fps, info=job.info, max_seconds=max_seconds)) as frames:
+        for frame in frames:
+            raise_if_cancelled(job.cancel)
+            builder.add(detector.detect(frame))
+            notify(job.progress, "analyse", builder.frames, max(total, builder.frames))
+    return builder.finish()

@@ -67,13 +67,14 @@ def cache_key(video_path, audio_path, params: Mapping, model: Mapping | str, sco
 
     Only the files' content counts, not their names. `params` must hold every setting that
     changes the output, as JSON-like values; numbers are compared by value, so 2 and 2.0 match.
+    `audio_path` None: a job without audio of its own (segments with their own audio, keyed in `params`).
     `model` is what was loaded: its version label and, from `LipsyncPipeline.from_files`, the
     weights' sha256, the precision, the device type and the face detector actually in use.
     `scope` keeps callers apart (a web app's visitors): the same job in another scope misses.
     """
     payload = {
         "video": sha256_of(video_path),
-        "audio": sha256_of(audio_path),
+        "audio": sha256_of(audio_path) if audio_path is not None else None,
         "params": _canonical(params, "params"),
         "model": _canonical(model, "model"),
         "code": code_version(),

@@ -71,6 +71,9 @@ class InputSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple | None = None
+    # Sent to the model, and part of a client's job key, only when set: deployments made before the
+    # input existed do not know it, and jobs without it keep the keys they had.
+    only_when_set: bool = False
 
 
 LENGTH_MODES = tuple(mode.value for mode in LengthMode)
@@ -98,7 +101,19 @@ SERVICE_INPUTS = {
     "output_fps": InputSpec(str, "25", "25 (the model's rate, as the official) or source (keep a 24-30 fps source's rate).", choices=("25", "source")),
     "crf": InputSpec(int, DEFAULT_CRF, "H.264 quality of the output: lower is better and bigger.", 10, 35),
     "return_report": InputSpec(bool, False, "Return {video, report} instead of just the video; the report lists what was regenerated and why."),
+    "segments": InputSpec(
+        str, "",
+        'Re-make only these time ranges: a JSON list like [{"start": 2.0, "end": 3.5, "audio": 0}] (seconds of the video; audio: '
+        "the index of its file in segment_audio, else the job's audio at that time; optional audio_start, guidance_scale, "
+        "inference_steps). Outside them the output is the source, with its own audio. Empty: the whole video.",
+        only_when_set=True,
+    ),
+    "plan_only": InputSpec(
+        bool, False, "Return the plan as a JSON file instead of running the model: what each span would get and why, the windows, "
+        "and the estimated GPU seconds.", only_when_set=True,
+    ),
 }
+SEGMENT_AUDIO_DESCRIPTION = "Audio files for the segments (each segment names its file by its index in this list, from 0)."
 
 @dataclass(frozen=True)
 class Preset:
@@ -115,6 +130,11 @@ PRESETS = {
     "weak sync": Preset({"inference_steps": 30, "guidance_scale": 2.0, "enable_deepcache": True}, "the mouth lags the audio; raise guidance up to 2.5"),
 }
 
+# ---- segments (latentsync.segments) ------------------------------------------------------------
+
+MAX_SEGMENTS = 100
+SEGMENT_CROSSFADE_S = 0.005  # the output audio cross-fades this long into and out of each segment: no click
+
 # ---- what the hosted service accepts (the library and the CLI take any length) ------------------
 
 MAX_INPUT_BYTES = 2 * 1024**3
@@ -127,6 +147,7 @@ APP_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 to serve the network
 APP_PORT = 7860  # Gradio's usual port
 DEFAULT_APP_DIR = Path.home() / ".cache" / "latentsync" / "app"  # results/, cache/, previews/ and work/
 APP_RESULT_MAX_AGE_S = 24 * 3600  # finished results older than this are removed
+APP_SEGMENT_ROWS = 3  # segments the page's table offers (the API takes up to MAX_SEGMENTS)
 APP_MAX_QUEUE = 20  # jobs waiting for the model; a visitor past this is told the queue is full
 APP_CHECKS_AT_ONCE = 4  # upload checks and speech previews (ffprobe, a short encode) run beside the model, this many at a time
 APP_FILES_PER_UPLOAD = 2  # files one upload request may carry: the video and the speech, of MAX_INPUT_BYTES each

@@ -41,7 +41,7 @@ class Job:
     found in the video, the output frame rate and the job's private work folder."""
 
     video_path: Path
-    audio_path: Path
+    audio_path: Path | None  # the audio the output carries (with segments: the source's, theirs spliced in; None in a plan without a job audio)
     options: LipsyncOptions
     info: MediaInfo
     fps: float

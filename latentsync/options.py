@@ -1,5 +1,6 @@
-"""A job's options, and how the front ends (Cog predictor, web app, CLI) turn what a user typed
-into them: the speaker's point or box, and the random seed."""
+"""A job's options, and how the front ends (Cog predictor, web app, CLI, client) turn what a user
+typed into them: the service's inputs checked against their one table, the speaker's point or
+box, and the random seed."""
 
 import math
 import numbers
@@ -16,6 +17,7 @@ from .config import (
     LOW_SYNC_ACTIONS,
     SEED_MAX,
     SERVICE_INPUTS,
+    InputSpec,
 )
 
 
@@ -75,19 +77,44 @@ def _shown(number) -> str:
     return str(number) if isinstance(number, numbers.Integral) and abs(number) < 10**20 else f"{number:g}"
 
 
-def options_from_inputs(**inputs) -> LipsyncOptions:
-    """LipsyncOptions from the service's inputs (Cog names; missing ones take their defaults).
+def validate_inputs(inputs: dict) -> dict:
+    """The service's inputs (by their names in `config.SERVICE_INPUTS`) with the defaults filled
+    in, types checked and ranges enforced; an input marked `only_when_set` is left out while it
+    has its default. Raises ValueError naming the input and what it accepts."""
+    unknown = sorted(set(inputs) - set(SERVICE_INPUTS))
+    if unknown:
+        raise ValueError(f"Unknown input(s) {', '.join(unknown)}; known: {', '.join(SERVICE_INPUTS)}.")
+    checked = {}
+    for name, spec in SERVICE_INPUTS.items():
+        value = check_input(name, inputs.get(name, spec.default), spec)
+        if not (spec.only_when_set and value == spec.default):
+            checked[name] = value
+    return checked
 
-    Every number is checked against the service's range first (ValueError naming the input).
+
+def check_input(name: str, value, spec: InputSpec):
+    """`value` as the input `name` of type and range `spec` takes it; ValueError (one sentence) otherwise."""
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}.")
+        return value
+    if spec.kind in (int, float):
+        check_number(name, value, spec.minimum, spec.maximum, integer=spec.kind is int)
+        return spec.kind(value)
+    value = str(value)
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}.")
+    return value
+
+
+def options_from_inputs(**inputs) -> LipsyncOptions:
+    """LipsyncOptions from the service's inputs (Cog names, checked by `validate_inputs`; missing
+    ones take their defaults). Inputs that are not options (segments, plan_only) are the
+    caller's to use.
+
     The seed is resolved here: -1 or 0 draws a random one, as the hosted model does.
     """
-    unknown = set(inputs) - set(SERVICE_INPUTS)
-    if unknown:
-        raise ValueError(f"Unknown input(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVICE_INPUTS)}.")
-    value = {name: inputs.get(name, spec.default) for name, spec in SERVICE_INPUTS.items()}
-    for name, spec in SERVICE_INPUTS.items():
-        if spec.kind in (int, float):
-            check_number(name, value[name], spec.minimum, spec.maximum, integer=spec.kind is int)
+    value = {name: spec.default for name, spec in SERVICE_INPUTS.items()} | validate_inputs(inputs)
     return LipsyncOptions(
         num_inference_steps=value["inference_steps"],
         guidance_scale=value["guidance_scale"],

@@ -3,16 +3,20 @@ the mouth re-made to speak that audio.
 
     pipeline = LipsyncPipeline.from_files(ensure_weights("1.6"))
     result = pipeline("talk.mp4", "dub.wav", "out.mp4", LipsyncOptions(enable_deepcache=True))
+    preview = pipeline.plan("talk.mp4", None, segments=[{"start": 2.0, "end": 3.5, "audio": "name.wav"}])
 
 A job, step by step, each step in a module of its own:
 
-1. Audio: decode it, compute its Whisper features, find its pauses.     media.decode, audio
+1. Audio: decode it, compute its Whisper features, find its pauses.     media.decode, audio (media.splice: segments)
 2. Faces and plan, as the video is decoded: the faces on every frame,   analysis, face.detect, face.track,
-   the speaker, what each output frame shows and whether it is           planner
+   the speaker, what each output frame shows and whether it is           planner (segments)
    regenerated, and the speaker's face cropped for the model.
 3. Render, while the analysis goes on: denoise the windows, paste the   render, windows, denoise,
    mouths back, encode.                                                  face.align, media.encode
 4. Report: what was regenerated and why.                                 report
+
+`plan` runs steps 1-2 only, without cropping, and prices the plan (`latentsync.estimate`): no
+model runs, and the plan is the one the job builds.
 
 Frames stream through ffmpeg pipes, so the whole video is never held in memory, and the model
 starts on the first windows a few seconds into the job, whatever the video's length.
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analysis import Analysis
+from .analysis import Analysis, plan_only
 from .audio import AudioEncoder, frame_chunks, silent_spans
 from .cache import ResultCache, cache_key, place
 from .compiled_unet import CompiledUNet
@@ -36,15 +40,17 @@ from .config import AUDIO_SAMPLE_RATE, FRAMES_PER_WINDOW
 from .denoise import denoise_windows, load_scheduler, load_training_mask, load_unet, load_vae, unet_device_dtype
 from .device import auto_windows_per_batch, default_device, describe_device, model_dtype, to_device, use_cpu_for_frames
 from .face.detect import create_detector
-from .files import job_folder, write_json_atomically
+from .files import job_folder, sha256_of, write_json_atomically
 from .job import Job, Models
 from .media.decode import load_audio
-from .media.probe import probe_video
+from .media.probe import MediaInfo, probe, probe_video
+from .media.splice import output_format, segment_audio_role, spliced_audio, write_wav
 from .options import LipsyncOptions
-from .planner import PlanBuilder, output_fps
+from .planner import PlanBuilder, frames_covering, output_fps
 from .progress import ProgressCallback
 from .render import Renderer
-from .report import JobReport, build_report, log_spans
+from .report import JobReport, PlanPreview, build_preview, build_report, log_spans
+from .segments import Segment, check_segments, parse_segments, segment_ranges, with_paths
 from .sync import SyncNetScorer
 from .weights import weights_identity
 from .windows import ModelError
@@ -55,6 +61,17 @@ class LipsyncResult:
     output_path: Path
     report: JobReport
     report_path: Path
+
+
+@dataclass
+class Prepared:
+    """Step 1 of a job, what `__call__` renders and `plan` shows: the job, the audio its mouths
+    speak and the plan builder its analysis fills."""
+
+    job: Job
+    samples: np.ndarray  # 16 kHz mono (with segments: spliced into the source's)
+    features: object  # their Whisper features (`audio.AudioFeatures`)
+    builder: PlanBuilder
 
 
 class _NotKept(Exception):
@@ -158,7 +175,8 @@ class LipsyncPipeline:
                              f"{type(error).__name__}: {error}") from error
 
     def __call__(self, video_path, audio_path, output_path, options: LipsyncOptions | None = None, report_path=None, temp_dir=None,
-                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, cache_scope: str = "") -> LipsyncResult:
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None, cache_scope: str = "",
+                 segments=None) -> LipsyncResult:
         """Lip-sync `video_path` to `audio_path` and write the mp4 to `output_path`.
 
         The JSON report goes to `report_path` (default: `<output without .mp4>.report.json`).
@@ -166,17 +184,41 @@ class LipsyncPipeline:
         result cache, a repeated request is answered from the cache without running the model.
         `progress` hears how far the job is; setting `cancel` stops it (see `latentsync.progress`).
         A cache hit is served only within the same `cache_scope` (a server's visitor, say), so one
-        caller cannot learn from it what another ran.
+        caller cannot learn from it what another ran. `segments` (see `latentsync.segments`:
+        `Segment`s, dicts or JSON text, audio as file paths) re-make only those time ranges;
+        `audio_path` may then be None when every segment has an audio of its own.
         """
-        video_path, audio_path, output_path = Path(video_path), Path(audio_path), Path(output_path)
+        video_path, output_path = Path(video_path), Path(output_path)
+        audio_path, segments = self._job_audio(audio_path, segments)
         options = options or LipsyncOptions()
         report_path = Path(report_path) if report_path else output_path.with_suffix(".report.json")
-        run = partial(self._run, video_path, audio_path, options=options, temp_dir=temp_dir, progress=progress, cancel=cancel)
-        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, cache_scope)
+        run = partial(self._run, video_path, audio_path, options=options, segments=segments, temp_dir=temp_dir, progress=progress, cancel=cancel)
+        report = run(output_path) if self.cache is None else self._run_cached(run, video_path, audio_path, options, output_path, cache_scope, segments)
         write_json_atomically(report_path, report.to_dict())
         return LipsyncResult(output_path, report, report_path)
 
-    def _run_cached(self, run, video_path, audio_path, options, output_path, scope: str) -> JobReport:
+    def plan(self, video_path, audio_path=None, options: LipsyncOptions | None = None, segments=None,
+             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> PlanPreview:
+        """What `__call__` would do with the same arguments, without running the model: the
+        analysis (probe, audio, faces) and the plan, per span what happens and why, the windows
+        to denoise and their estimated GPU seconds (`latentsync.estimate`). Its spans are the
+        ones the job's report will have, unless rendering changes its mind (a window out of
+        memory, a span passed through for low sync)."""
+        audio_path, segments = self._job_audio(audio_path, segments)
+        options = options or LipsyncOptions()
+        with job_folder() as work_dir:
+            prepared = self._prepare(Path(video_path), audio_path, options, segments, work_dir, progress, cancel)
+            plan = plan_only(prepared.job, self.models.face_detector, prepared.builder, max_seconds=self.max_duration_s)
+        return build_preview(plan, options, self.version, segments)
+
+    @staticmethod
+    def _job_audio(audio_path, segments) -> tuple[Path | None, list[Segment]]:
+        segments = with_paths(parse_segments(segments)) if segments else []  # an empty list from code: none
+        if audio_path is None and not segments:
+            raise ValueError("An audio input is needed (or segments that each have an audio of their own).")
+        return (Path(audio_path) if audio_path is not None else None), segments
+
+    def _run_cached(self, run, video_path, audio_path, options, output_path, scope: str, segments: list[Segment]) -> JobReport:
         """`run` the job into the result cache (unless it holds the result already), then copy it
         out. A result with failed windows is handed over once and not kept: a repeat runs again."""
 
@@ -188,7 +230,8 @@ class LipsyncPipeline:
             write_json_atomically(folder / "report.json", report.to_dict())
 
         try:
-            cached = self.cache.get_or_create(cache_key(video_path, audio_path, asdict(options), self.model_identity, scope), produce)
+            params = asdict(options) | ({"segments": [_segment_key(segment) for segment in segments]} if segments else {})
+            cached = self.cache.get_or_create(cache_key(video_path, audio_path, params, self.model_identity, scope), produce)
         except _NotKept as degraded:
             return degraded.report
         place(cached.dir / "output.mp4", output_path)
@@ -196,32 +239,62 @@ class LipsyncPipeline:
         report.cache = "hit" if cached.hit else "miss"
         return report
 
-    def _run(self, video_path, audio_path, output_path, options, temp_dir, progress, cancel) -> JobReport:
+    def _run(self, video_path, audio_path, output_path, options, segments, temp_dir, progress, cancel) -> JobReport:
         """The job, step by step."""
         started = time.perf_counter()
         models, timings = self.models, {}
         with job_folder(temp_dir) as work_dir:
-            # 1. Audio: 16 kHz samples, their Whisper features (encoded as windows need them), pauses.
-            info = probe_video(video_path)
-            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
-            features = models.audio_encoder.features(samples)
-            pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
+            # 1. Audio: 16 kHz samples (with segments: spliced into the source's), their Whisper features, pauses.
+            prepared = self._prepare(video_path, audio_path, options, segments, work_dir, progress, cancel)
+            job = prepared.job
+            if segments:  # the output's audio: the source's, each segment's audio in its span, at the source's rate
+                rate, channels = output_format(video_path, job.info, audio_path, segments)
+                spliced, _ = spliced_audio(video_path, job.info, audio_path, segments, rate, channels, self.max_duration_s)
+                job = replace(job, audio_path=write_wav(work_dir / "audio.wav", spliced, rate))
             timings["audio_s"] = time.perf_counter() - started
 
             # 2. Faces and plan, on a thread of their own as the video is decoded: the plan is final
             #    frame by frame, a few frames (the first seconds with faces) behind the analysis.
-            job = Job(video_path, audio_path, options, info, output_fps(info.fps, options.keep_source_fps), work_dir, progress, cancel)
-            builder = PlanBuilder(len(samples) / AUDIO_SAMPLE_RATE, pauses, job.fps, options, models.resolution)
-            analysis = Analysis(job, models, builder, windows_ahead=models.windows_per_batch + 1, max_seconds=self.max_duration_s)
+            analysis = Analysis(job, models, prepared.builder, windows_ahead=models.windows_per_batch + 1, max_seconds=self.max_duration_s)
 
             # 3. Render: denoise, paste back and encode in one pass, the windows as the analysis hands them over.
             tick = time.perf_counter()
-            rendered = Renderer(models, job, analysis, features, samples).run(output_path)
+            rendered = Renderer(models, job, analysis, prepared.features, prepared.samples).run(output_path)
             timings["face_detection_s"] = analysis.seconds  # overlapping the render
             timings["render_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
 
         # 4. Report.
-        report = build_report(analysis.plan, rendered, options, self.version, timings)
+        report = build_report(analysis.plan, rendered, options, self.version, timings, segments)
         log_spans(report)
         return report
+
+    def _prepare(self, video_path: Path, audio_path: Path | None, options: LipsyncOptions, segments: list[Segment], work_dir: Path,
+                 progress, cancel) -> Prepared:
+        """Step 1: the probe, the segments checked against the media, the audio the mouths speak,
+        its features and pauses, and the plan builder (with segments: only theirs to regenerate)."""
+        info = probe_video(video_path)
+        fps = output_fps(info.fps, options.keep_source_fps)
+        ranges = None
+        if segments:  # the source's own audio, each segment's audio in its span
+            self._check_segments(segments, info, audio_path)
+            samples, speech_seconds = spliced_audio(video_path, info, audio_path, segments, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
+            ranges = segment_ranges(segments, speech_seconds, fps, frames_covering(info.duration, fps))
+        else:
+            samples = load_audio(audio_path, AUDIO_SAMPLE_RATE, max_seconds=self.max_duration_s)
+        features = self.models.audio_encoder.features(samples)
+        pauses = silent_spans(samples, min_silence_s=options.min_silence_s) if options.skip_silence else []
+        job = Job(video_path, audio_path, options, info, fps, work_dir, progress, cancel)
+        builder = PlanBuilder(len(samples) / AUDIO_SAMPLE_RATE, pauses, fps, options, self.models.resolution, segments=ranges)
+        return Prepared(job, samples, features, builder)
+
+    def _check_segments(self, segments: list[Segment], info: MediaInfo, audio_path) -> None:
+        """The segments against the media: inside the video, their audio long enough to start."""
+        own = [probe(s.audio, segment_audio_role(i)).audio_duration if s.own_audio else None for i, s in enumerate(segments)]
+        job = probe(audio_path, "audio").audio_duration if audio_path is not None and any(not s.own_audio for s in segments) else None
+        check_segments(segments, info.duration, own, job)
+
+
+def _segment_key(segment: Segment) -> dict:
+    """A segment as the result cache keys it: its own audio by content, not by file name."""
+    return segment.to_dict() | ({"audio": sha256_of(segment.audio)} if segment.own_audio else {})

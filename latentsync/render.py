@@ -33,7 +33,7 @@ from .face.align import FaceAligner
 from .job import Job, Models
 from .media.decode import FrameReader
 from .media.encode import VideoWriter
-from .planner import BLEND_FRAMES, Action, Span, blend_weight, frames_covering, plan_timeline, windows_for
+from .planner import BLEND_FRAMES, Action, Span, blend_weight, frames_covering, plan_timeline, segment_edges, windows_for
 from .progress import notify
 from .sync import INPUT_SIZE as SYNCNET_INPUT_SIZE
 from .windows import JobWindows, ModelError, Window, WindowResult, hand_over, take
@@ -75,7 +75,7 @@ class Renderer:
         self._frames_to_analyse = frames_covering(job.info.duration, job.fps)
         self._analysed_notified = 0
         # the output's length as the probe's video length makes it, until the plan is complete
-        self._expected_frames = len(plan_timeline(max(1, self._frames_to_analyse), analysis.builder.audio_frames, job.options.length_mode))
+        self._expected_frames = len(plan_timeline(max(1, self._frames_to_analyse), analysis.builder.audio_frames, analysis.builder.mode))
 
     def run(self, output_path) -> RenderResult:
         """Write the lip-synced video to `output_path` (it appears only when complete)."""
@@ -83,7 +83,9 @@ class Renderer:
         self.analysis.start()
         self._worker.start()
         try:
-            writer = VideoWriter(output_path, info.width, info.height, job.fps, audio_path=job.audio_path, crf=job.options.crf, work_dir=job.work_dir)
+            # Segments are encoded apart from the frames around them, which so stay the source's encode.
+            writer = VideoWriter(output_path, info.width, info.height, job.fps, audio_path=job.audio_path, crf=job.options.crf, work_dir=job.work_dir,
+                                 cuts=segment_edges(self.plan.segments))
             with writer, closing(FrameReader(job.video_path, job.fps, info=info)) as frames:
                 outcomes = self._compose(frames, writer)
                 if self.windows.windows_failed and not self.windows.windows_denoised:
@@ -204,7 +206,7 @@ class Renderer:
 
     def _regenerate(self, span: Span, windows: list[Window], held: list[WindowResult], details: dict) -> list[WindowResult]:
         """A span scored below the threshold, once more with more guidance; kept if every window works."""
-        guidance = self.job.options.guidance_scale + LOW_SYNC_GUIDANCE_STEP
+        guidance = span.settings(self.job.options)[1] + LOW_SYNC_GUIDANCE_STEP
         retry = self.windows.redo(windows, guidance)
         if any(result.faces is None for result in retry):
             return held

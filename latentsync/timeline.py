@@ -1,14 +1,17 @@
 """The timeline picture of a job: the output's time axis with each span coloured by what was done
-there, and the sync confidence of the regenerated spans above it.
+there, each segment outlined and numbered, and the sync confidence of the regenerated spans above
+it.
 
 Drawn from the report's data alone (a report dict, e.g. read back from `<output>.report.json`),
-with matplotlib's Agg canvas and no pyplot, so servers can draw from any thread.
+or from a plan's (`LipsyncPipeline.plan`: what will be done), with matplotlib's Agg canvas and no
+pyplot, so servers can draw from any thread.
 
     save_timeline(json.loads(Path("out.report.json").read_text()), "out.report.png")
 """
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -22,6 +25,7 @@ ACTION_COLOURS = {
     "no_face": "#E69F00",
     "other_speaker": "#CC79A7",
     "passthrough": "#999999",
+    "outside_segments": "#E4E4E4",
 }
 ACTION_LABELS = {
     "generated": "regenerated",
@@ -29,9 +33,11 @@ ACTION_LABELS = {
     "no_face": "no usable face",
     "other_speaker": "other speaker",
     "passthrough": "passed through",
+    "outside_segments": "outside segments (source)",
 }
 UNKNOWN_COLOUR = "#000000"  # an action this version does not know
 CONFIDENCE_COLOUR = "#222222"
+SEGMENT_COLOUR = "#000000"  # a segment's outline and number
 THRESHOLD_COLOUR = "#D55E00"
 LABELLED_SPAN_SHARE = 0.04  # spans narrower than this share of the duration get no number
 FIGURE_SIZE = (10.0, 3.0)  # inches
@@ -49,7 +55,7 @@ def timeline_figure(report: dict) -> Figure:
     FigureCanvasAgg(figure)
     scores, spans = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     duration = float(report.get("duration") or max((s["end"] for s in report["spans"]), default=0.0)) or 1.0
-    handles = _draw_spans(spans, report["spans"], duration) + _draw_confidence(scores, report, duration)
+    handles = _draw_spans(spans, report["spans"], duration) + _draw_segments(spans, report.get("segments") or []) + _draw_confidence(scores, report, duration)
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=8)
     figure.suptitle(_title(report), fontsize=10)
     return figure
@@ -63,6 +69,13 @@ def save_timeline(report: dict, path) -> Path:
     return path
 
 
+def timeline_image(report: dict) -> np.ndarray:
+    """`report`'s picture as an RGB array (H, W, 3), for pages that show it without a file."""
+    figure = timeline_figure(report)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
+
+
 def _draw_spans(axis, spans: list[dict], duration: float) -> list:
     """One band per span; returns legend handles for the actions present."""
     for span in spans:
@@ -74,6 +87,15 @@ def _draw_spans(axis, spans: list[dict], duration: float) -> list:
     axis.set_xlabel("output time (s)")
     present = list(dict.fromkeys(span["action"] for span in spans))
     return [Patch(facecolor=ACTION_COLOURS.get(a, UNKNOWN_COLOUR), label=ACTION_LABELS.get(a, a)) for a in present]
+
+
+def _draw_segments(axis, segments: list[dict]) -> list:
+    """An outline around each segment's time range, with its number; returns a legend handle."""
+    for row in segments:
+        axis.add_patch(Rectangle((row["start"], 0.02), row["end"] - row["start"], 0.96, fill=False, edgecolor=SEGMENT_COLOUR, linewidth=2, zorder=3))
+        axis.text((row["start"] + row["end"]) / 2, 0.5, str(row["segment"]), ha="center", va="center", fontsize=9, fontweight="bold",
+                  color=SEGMENT_COLOUR, zorder=4)
+    return [Patch(fill=False, edgecolor=SEGMENT_COLOUR, linewidth=2, label="segment")] if segments else []
 
 
 def _draw_confidence(axis, report: dict, duration: float) -> list:
@@ -103,9 +125,12 @@ def _draw_confidence(axis, report: dict, duration: float) -> list:
 
 def _title(report: dict) -> str:
     frames, generated = report.get("frames") or 0, report.get("frames_generated") or 0
-    parts = [f"LatentSync {report['version']}" if report.get("version") else "LatentSync"]
+    plan = report.get("kind") == "plan"
+    parts = [("Plan, " if plan else "") + (f"LatentSync {report['version']}" if report.get("version") else "LatentSync")]
     if frames:
-        parts.append(f"{generated} of {frames} frames regenerated ({generated / frames:.0%})")
+        parts.append(f"{generated} of {frames} frames {'to regenerate' if plan else 'regenerated'} ({generated / frames:.0%})")
+    if plan and (report.get("estimate") or {}).get("gpu_seconds") is not None:
+        parts.append(f"~{report['estimate']['gpu_seconds']:.1f} GPU s ({report['estimate']['basis'].split(':')[0]})")
     if report.get("sync_confidence") is not None:
         parts.append(f"sync confidence {report['sync_confidence']:.2f}")
     return "  ·  ".join(parts)

@@ -9,15 +9,25 @@ from pathlib import Path
 from .config import MAX_DURATION_S, MAX_FRAME_SIDE, MAX_INPUT_BYTES
 from .media.ffmpeg import format_length
 from .media.probe import MediaError, MediaInfo, probe, probe_video
+from .media.splice import segment_audio_role
+from .segments import Segment, check_segments
 
 
-def check_inputs(video: Path, audio: Path) -> MediaInfo:
-    """Probe both inputs and enforce the service limits; returns the video's info.
+def check_inputs(video: Path, audio: Path | None, segments: list[Segment] = ()) -> MediaInfo:
+    """Probe the inputs and enforce the service limits; returns the video's info.
 
-    Messages name the input ("The video input ..."), never the file's path or name.
+    `audio` may be None when every segment has an audio of its own; each segment's own audio
+    (a path) is checked like the audio input, and the segments against the media
+    (`segments.check_segments`). Messages name the input ("The video input ...", "The segment 2
+    audio input ..."), never the file's path or name.
     """
+    if audio is None and not segments:
+        raise MediaError("The audio input is missing: pass the speech to lip-sync to (or segments that each have an audio of their own).")
     info = check_video(video)
-    check_audio(audio)
+    job = check_audio(audio).audio_duration if audio is not None else None
+    if segments:
+        own = [check_audio(Path(s.audio), segment_audio_role(i)).audio_duration if s.own_audio else None for i, s in enumerate(segments)]
+        check_segments(segments, info.duration, own, job)
     return info
 
 
@@ -31,16 +41,17 @@ def check_video(video: Path) -> MediaInfo:
     return info
 
 
-def check_audio(audio: Path) -> MediaInfo:
-    """The audio input's checks (`check_inputs`): an audio stream with samples, within the
-    length limit. Returns its info; what passes may be handed to our ffmpeg runner."""
-    _check_size(audio, "audio")
-    sound = probe(audio, "audio")
+def check_audio(audio: Path, role: str = "audio") -> MediaInfo:
+    """The audio input's checks (`check_inputs`; a segment's own audio is checked the same, as
+    `role`): an audio stream with samples, within the length limit. Returns its info; what
+    passes may be handed to our ffmpeg runner."""
+    _check_size(audio, role)
+    sound = probe(audio, role)
     if not sound.has_audio:
-        raise MediaError("The audio input has no audio stream; pass an audio file, or a video with an audio track.")
-    _check_length(sound.audio_duration, "audio")
+        raise MediaError(f"The {role} input has no audio stream; pass an audio file, or a video with an audio track.")
+    _check_length(sound.audio_duration, role)
     if sound.audio_duration <= 0:
-        raise MediaError("The audio input has no audio samples (zero length).")
+        raise MediaError(f"The {role} input has no audio samples (zero length).")
     return sound
 
 

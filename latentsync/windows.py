@@ -7,12 +7,12 @@ window that still does not fit keeps its original frames and the report names it
 error of the model (a CUDA error, a checkpoint that does not fit its config) fails the job at once
 with `ModelError`: a video that quietly kept its original mouths is not a result.
 
-Windows go through the model in plan order, `windows_per_batch` of the same length at a time
-(consecutive full windows of one span, or of the next spans too: a batch waits for the windows
-that belong in it, so it is made of the same windows whenever they arrive), and each batch draws
-its random numbers window after window: so a window's result is the same whatever the batch size.
-The one noise frame of the whole video is drawn first, from a CPU generator seeded with the job's
-seed.
+Windows go through the model in plan order, `windows_per_batch` of the same length and settings
+(steps and guidance: a segment may have its own) at a time (consecutive full windows of one span,
+or of the next spans too: a batch waits for the windows that belong in it, so it is made of the
+same windows whenever they arrive), and each batch draws its random numbers window after window:
+so a window's result is the same whatever the batch size. The one noise frame of the whole video
+is drawn first, from a CPU generator seeded with the job's seed.
 """
 
 import logging
@@ -58,11 +58,18 @@ def is_out_of_memory(error: BaseException) -> bool:
 @dataclass
 class Window:
     """A window of the regenerated span that starts at output frame `span_start`: its output
-    frames, and the speaker's face crops on them (n, R, R, 3) uint8, the model's input."""
+    frames, the speaker's face crops on them (n, R, R, 3) uint8, the model's input, and the span's
+    denoising steps and guidance (`planner.Span.settings`)."""
 
     span_start: int
     frames: range
     crops: np.ndarray
+    steps: int
+    guidance: float
+
+    @property
+    def settings(self) -> tuple[int, float]:
+        return self.steps, self.guidance
 
 
 @dataclass
@@ -136,11 +143,12 @@ class JobWindows:
         return self._ahead.popleft() if self._ahead else self._source()
 
     def result(self, window: Window, across_spans: bool) -> WindowResult:
-        """The window at the job's guidance, denoised now with the windows after it (of the same
-        length, up to `windows_per_batch`; from later spans too if `across_spans`), or earlier."""
+        """The window at its span's guidance, denoised now with the windows after it (of the same
+        length and settings, up to `windows_per_batch`; from later spans too if `across_spans`),
+        or earlier."""
         if window.frames.start not in self._ready:
             batch = self._batch_from(window, self._items_ahead(), across_spans)
-            for denoised, result in zip(batch, self.denoise(batch, self.job.options.guidance_scale)):
+            for denoised, result in zip(batch, self.denoise(batch, window.guidance)):
                 self._ready[denoised.frames.start] = result
         return self._ready.pop(window.frames.start)
 
@@ -167,16 +175,16 @@ class JobWindows:
             position += 1
 
     def _batch_from(self, first: Window, after: Iterator, across_spans: bool) -> list[Window]:
-        """`first` and the windows after it that may share its batch: the same length, up to
-        `windows_per_batch`, of the same span unless `across_spans` (spans kept as they are, in
-        between, are passed over)."""
+        """`first` and the windows after it that may share its batch: the same length and settings,
+        up to `windows_per_batch`, of the same span unless `across_spans` (spans kept as they are,
+        in between, are passed over)."""
         batch = [first]
         while len(batch) < self.models.windows_per_batch:
             item = next(after, None)
             if item is None or (isinstance(item, Span) and not across_spans):
                 break
             if isinstance(item, Window):
-                if len(item.frames) != len(first.frames):
+                if len(item.frames) != len(first.frames) or item.settings != first.settings:
                     break
                 batch.append(item)
         return batch
@@ -190,7 +198,7 @@ class JobWindows:
             state = self.generator.get_state()
             try:
                 generated = self._run_model(batch, guidance)
-                return [self._count(WindowResult(window.span_start, window.frames, faces)) for window, faces in zip(batch, generated)]
+                return [self._count(window, faces) for window, faces in zip(batch, generated)]
             except Exception as error:
                 self._raise_unless_out_of_memory(error, batch)
                 logger.warning("out of memory in a batch of %d windows; denoising them one at a time", len(batch))
@@ -208,7 +216,7 @@ class JobWindows:
             self.generator.set_state(state)
             try:
                 generated = self._run_model([window], guidance, eager=recovering or attempt > 1, **memory_savers)
-                return self._count(WindowResult(window.span_start, window.frames, generated[0]))
+                return self._count(window, generated[0])
             except Exception as error:
                 self._raise_unless_out_of_memory(error, [window])
                 logger.warning("out of memory (attempt %d of %d, %s)", attempt, len(MEMORY_SAVERS), memory_savers or "one batch")
@@ -234,7 +242,7 @@ class JobWindows:
         with models.model_lock:
             generated = models.denoiser(
                 unet, models.vae, models.scheduler, to_device(faces, self.device), to_device(audio, self.device, self.dtype), models.mask,
-                num_inference_steps=options.num_inference_steps,
+                num_inference_steps=windows[0].steps,  # a batch shares its settings (`_batch_from`)
                 guidance_scale=guidance,
                 initial_latents=self.noise[:, :, : len(windows[0].frames)],
                 generator=self.generator,
@@ -243,10 +251,10 @@ class JobWindows:
             )
         return generated.float().cpu()
 
-    def _count(self, result: WindowResult) -> WindowResult:
+    def _count(self, window: Window, faces: torch.Tensor) -> WindowResult:
         self.windows_denoised += 1
-        self.unet_window_steps += self.job.options.num_inference_steps
-        return result
+        self.unet_window_steps += window.steps
+        return WindowResult(window.span_start, window.frames, faces)
 
 
 def free_cached_memory() -> None:

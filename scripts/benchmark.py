@@ -121,6 +121,41 @@ def voice_activity() -> dict:
     return {"detector": pause_detector(), "seconds_10_min": round(min(seconds), 2), "seconds_per_minute": round(min(seconds) / 10, 3), "demo2_mixes": shares}
 
 
+def segments_work() -> dict:
+    """The U-Net work of replacing a few seconds against re-making the whole clip, on the demos at
+    full size (tiny models; window counts do not depend on the weights): a personalised clip
+    (demo1, a 1.5 s name line) and a lecture fix (demo2, 20 s, one re-recorded 2.4 s sentence).
+    The whole jobs are planned (a plan's windows are its run's: tests/test_segment_jobs.py); the
+    segment jobs run, and their reports count the windows denoised."""
+    from latentsync.options import LipsyncOptions
+    from latentsync.pipeline import LipsyncPipeline
+    from tests.media import ffmpeg, tiny_files
+
+    pipeline = LipsyncPipeline.from_files(tiny_files(), device="cpu", face_detector="mediapipe")
+    options = LipsyncOptions(num_inference_steps=20)
+    cases = {
+        "personalised clip (demo1, 10 s; a 1.5 s name)": ("demo1_video.mp4", "demo1_audio.wav", 4.0, 1.5, "demo2_audio.wav", 2.0),
+        "lecture fix (demo2, 20 s; a 2.4 s sentence)": ("demo2_video.mp4", "demo2_audio.wav", 12.0, 2.4, "demo1_audio.wav", 3.0),
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for name, (video, audio, start, length, line_source, line_start) in cases.items():
+            line = folder / f"line{len(results)}.wav"
+            ffmpeg("-ss", line_start, "-i", SHARED_ASSETS / line_source, "-t", length, line)
+            whole = pipeline.plan(SHARED_ASSETS / video, SHARED_ASSETS / audio, options).to_dict()
+            segments = [{"start": start, "end": start + length, "audio": str(line)}]
+            tick = time.perf_counter()
+            report = pipeline(SHARED_ASSETS / video, None, folder / "out.mp4", options, segments=segments).report.to_dict()
+            results[name] = {
+                "whole_windows": whole["windows"], "segment_windows": report["unet_window_steps"] // options.num_inference_steps,
+                "whole_gpu_s_1.6": whole["estimate"]["by_version"]["1.6"]["gpu_seconds"],
+                "segment_gpu_s_1.6": round(report["unet_window_steps"] * whole["estimate"]["by_version"]["1.6"]["gpu_seconds"] / max(1, whole["unet_window_steps"]), 2),
+                "segment_job_wall_s_cpu": round(time.perf_counter() - tick, 1),
+            }
+    return results
+
+
 def markdown(results: dict) -> str:
     lines = ["| measurement | figure |", "| --- | --- |"]
     stages = results.get("stages", {})
@@ -157,6 +192,11 @@ def markdown(results: dict) -> str:
         lines.append(f"| voice activity ({vad['detector']}, ONNX, one thread), 10 min of speech | {vad['seconds_10_min']} s ({vad['seconds_per_minute']} s per minute of audio) |")
         for kind, share in vad["demo2_mixes"].items():
             lines.append(f"| pause found in a 3 s gap of {kind} cut into demo2 (worst of 3 places) / speech called a pause | {100 * share['gap_paused']:.0f}% / {100 * share['speech_paused']:.1f}% |")
+    for name, case in results.get("segments", {}).items():
+        lines.append(
+            f"| U-Net windows, {name}: whole clip -> segment only | {case['whole_windows']} -> {case['segment_windows']} "
+            f"({100 * (1 - case['segment_windows'] / case['whole_windows']):.0f}% saved; 1.6 estimate {case['whole_gpu_s_1.6']} -> {case['segment_gpu_s_1.6']} GPU s) |"
+        )
     setup = results.get("setup")
     if setup:
         lines.append(f"| cold setup, weights on disk ({setup['checkpoint_gb']} GB U-Net) | {setup['seconds']} s |")
@@ -174,11 +214,12 @@ def markdown(results: dict) -> str:
     if gpu:
         lines += gpu_table_rows(gpu)
     else:
-        lines.append(
-            "| GPU seconds per output second (estimate, not measured) | one window step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance: "
-            "at ~40% of an H100's dense bf16/fp16 rate (~400 TFLOP/s), 20 steps per 16 frames (0.64 s) take ~0.4 s (1.5) and ~1.8 s (1.6), "
-            "about 0.6 and 2.8 s per output second before DeepCache |"
-        )
+        from latentsync.estimate import RATES
+
+        window_s = 16 / 25  # output seconds one window covers
+        per_second = ", ".join(f"{version}: {rate.seconds_per_window_step * 20 / window_s:.1f}" for version, rate in RATES.items())
+        lines.append(f"| GPU seconds per output second, 20 steps, before DeepCache (latentsync.estimate.RATES: estimate, not measured) | {per_second} "
+                     "(one window-step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance, at ~400 TFLOP/s, about 40% of an H100's dense fp16 rate) |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,8 +249,8 @@ def plots(results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["stages", "memory", "unet", "work", "vad", "setup", "simulated-gpu"],
-                        choices=["stages", "memory", "unet", "work", "vad", "setup", "simulated-gpu", "gpu"])
+    sections = ["stages", "memory", "unet", "work", "segments", "vad", "setup", "simulated-gpu"]
+    parser.add_argument("--sections", nargs="*", default=sections, choices=[*sections, "gpu"])
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     path = OUT / "benchmark.json"
@@ -228,6 +269,8 @@ def main(argv=None) -> int:
             )
         elif section == "work":
             results["work"] = work_avoided()
+        elif section == "segments":
+            results["segments"] = segments_work()
         elif section == "vad":
             results["vad"] = voice_activity()
         elif section == "setup":

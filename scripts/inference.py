@@ -9,6 +9,12 @@ Accepts the official LatentSync flags, so its documented command works unchanged
 
 Model files default to the weights folder (`python -m scripts.download_weights --version 1.6`
 fetches them). A JSON report of what was regenerated and why is written next to the output.
+
+Re-make only a few seconds, and see the plan (and its GPU estimate) before running the model:
+
+    python -m scripts.inference --video_path lecture.mp4 --segments fix.json --video_out_path fixed.mp4 --dry-run
+
+with fix.json a list like [{"start": 61.2, "end": 64.0, "audio": "fix.wav"}] (see latentsync.segments).
 """
 
 import argparse
@@ -23,6 +29,8 @@ from latentsync.config import DEFAULT_CRF, DEFAULT_GUIDANCE_SCALE, DEFAULT_INFER
 from latentsync.options import LipsyncOptions, parse_speaker_box, parse_speaker_point, resolve_seed
 from latentsync.pipeline import LipsyncPipeline
 from latentsync.progress import Progress
+from latentsync.estimate import describe_plan
+from latentsync.segments import read_segments_file
 from latentsync.timeline import save_timeline
 from latentsync.weights import WeightsError, load_manifest, model_files
 
@@ -33,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     official.add_argument("--unet_config_path", default=str(load_manifest().versions[DEFAULT_VERSION].unet_config), help="U-Net config (stage2.yaml = 1.5, stage2_512.yaml = 1.6)")
     official.add_argument("--inference_ckpt_path", default=None, help="U-Net checkpoint (default: the config's version in the weights folder)")
     official.add_argument("--video_path", required=True)
-    official.add_argument("--audio_path", required=True, help="audio file, or a video whose audio track to use")
+    official.add_argument("--audio_path", default=None, help="audio file, or a video whose audio track to use (with --segments: for segments without an audio of their own)")
     official.add_argument("--video_out_path", required=True)
     official.add_argument("--inference_steps", type=int, default=None, help=f"denoising steps (default: the config's, {DEFAULT_INFERENCE_STEPS})")
     official.add_argument("--guidance_scale", type=float, default=None, help=f"classifier-free guidance (default: the config's, {DEFAULT_GUIDANCE_SCALE})")
@@ -67,7 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     production.add_argument("--min_sync_confidence", type=float, default=None)
     production.add_argument("--low_sync_action", choices=LOW_SYNC_ACTIONS, default=LOW_SYNC_ACTIONS[0])
     production.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality (lower is better)")
+    production.add_argument("--segments", default=None, help="JSON file listing the time ranges to re-make, each with its audio (relative paths: to the file); the rest stays the source")
+    production.add_argument("--dry-run", action="store_true", help="analyse and print the plan with its GPU estimate (written to <output>.plan.json); run no model")
     args = parser.parse_args(argv)
+    if args.audio_path is None and args.segments is None:
+        parser.error("--audio_path is required (with --segments, only by segments without an audio of their own)")
     if args.inference_steps is not None and args.inference_steps < 1:
         parser.error("--inference_steps must be at least 1")
     if args.windows_per_batch is not None and args.windows_per_batch < 1:
@@ -97,8 +109,8 @@ def resolve_files(args, config: dict):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in (args.video_path, args.audio_path):
-        if not Path(path).exists():
+    for path in (args.video_path, args.audio_path, args.segments):
+        if path is not None and not Path(path).exists():
             print(f"error: file not found: {path}", file=sys.stderr)
             return 1
     config = load_yaml(args.unet_config_path)
@@ -120,13 +132,17 @@ def main(argv=None) -> int:
             low_sync_action=args.low_sync_action,
             crf=args.crf,
         )
+        segments = read_segments_file(args.segments) if args.segments else None
         pipeline = LipsyncPipeline.from_files(
             resolve_files(args, config), device=args.device, face_detector=args.face_detector, precision=args.precision,
             windows_per_batch=args.windows_per_batch, compile_unet=args.compile,
         )
         with ProgressBars() as progress:
-            result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir, progress=progress)
-    except (ValueError, WeightsError, FileNotFoundError) as error:  # bad inputs, no usable face, missing weights
+            if args.dry_run:
+                return _dry_run(pipeline, args, options, segments, progress)
+            result = pipeline(args.video_path, args.audio_path, args.video_out_path, options, report_path=args.report_path, temp_dir=args.temp_dir,
+                              progress=progress, segments=segments)
+    except (ValueError, WeightsError, FileNotFoundError) as error:  # bad inputs, bad segments, no usable face, missing weights
         print(f"error: {error}", file=sys.stderr)
         return 1
     report = result.report
@@ -134,6 +150,18 @@ def main(argv=None) -> int:
     if args.report_plot:
         plot = save_timeline(json.loads(result.report_path.read_text()), Path(args.video_out_path).with_suffix(".report.png"))
         print(f"Wrote {plot}")
+    return 0
+
+
+def _dry_run(pipeline, args, options, segments, progress) -> int:
+    """Print the plan and its estimate, and write them next to the output; no model runs."""
+    plan = pipeline.plan(args.video_path, args.audio_path, options, segments=segments, progress=progress).to_dict()
+    plan_path = Path(args.video_out_path).with_suffix(".plan.json")
+    plan_path.write_text(json.dumps(plan, indent=2))
+    print(describe_plan(plan))
+    print(f"Wrote {plan_path}")
+    if args.report_plot:
+        print(f"Wrote {save_timeline(plan, plan_path.with_suffix('.png'))}")
     return 0
 
 

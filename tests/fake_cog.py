@@ -82,6 +82,9 @@ class FakeCog:
         return 200
 
     def _run(self, prediction_id: str, record: dict) -> dict:
+        while self.hold.is_set():  # held before it even reads its inputs: an old copy stays running, whatever they are
+            if record["canceled"].wait(0.02):
+                return {"id": prediction_id, "status": "canceled", "logs": ""}
         digests = {}
         for name in ("video", "audio"):
             try:

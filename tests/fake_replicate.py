@@ -2,7 +2,9 @@
 
 It is driven by the real `replicate` package. Predictions "run" a stand-in model (the real
 lip-sync model cannot run behind a fake API): ffmpeg re-encodes the input video to the audio's
-length at 25 fps with that audio, so outputs are real mp4 files. Completed predictions are
+length at 25 fps with that audio (with segments: to the video's own length, with its own audio),
+so outputs are real mp4 files; a plan (plan_only) is a stand-in plan as JSON, every frame of the
+segments (or of the audio) to regenerate, priced by the real `latentsync.estimate`. Completed predictions are
 delivered to their webhook, signed with a real `whsec_` secret (Standard Webhooks). Faults can
 be injected: statuses with Retry-After, and connections dropped before or after a create.
 """
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import subprocess
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from latentsync.estimate import estimate
 from latentsync.media.probe import probe
 
 MODEL_VERSION = "a" * 64
@@ -241,15 +245,25 @@ class FakeReplicate:
         try:
             if fail:
                 raise RuntimeError("injected model failure")
-            video, audio = self._fetch(record["input"]["video"], "video"), self._fetch(record["input"]["audio"], "audio")
+            inputs = record["input"]
+            video = self._fetch(inputs["video"], "video")
+            audio = self._fetch(inputs["audio"], "audio") if inputs.get("audio") else video
+            for reference in inputs.get("segment_audio") or []:
+                self._fetch(reference, "segment")  # as the model would
+            if inputs.get("plan_only"):
+                output = self._folder / f"{record['id']}.json"
+                output.write_text(json.dumps(stand_in_plan(inputs, probe(video).duration, probe(audio).audio_duration)))
+                raise _Done({"status": "succeeded", "output": f"{self.url}/outputs/{output.name}"})
             output = self._folder / f"{record['id']}.mp4"
-            duration = f"{probe(audio).audio_duration:.3f}"  # like the model: the audio's length
+            duration = f"{(probe(video).duration if inputs.get('segments') else probe(audio).audio_duration):.3f}"  # like the model
             subprocess.run(
                 ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(video), "-i", str(audio),
                  "-map", "0:v", "-map", "1:a", "-r", "25", "-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", duration, str(output)],
                 check=True, capture_output=True,
             )
             result = {"status": "succeeded", "output": f"{self.url}/outputs/{output.name}"}
+        except _Done as done:
+            result = done.result
         except Exception as error:
             result = {"status": "failed", "error": str(error)}
         with self._lock:
@@ -281,6 +295,29 @@ class FakeReplicate:
         response = httpx.post(url, content=body, headers=headers, timeout=10)
         self.deliveries.append(response)
         return response
+
+
+class _Done(Exception):
+    def __init__(self, result: dict):
+        self.result = result
+
+
+def stand_in_plan(inputs: dict, video_s: float, audio_s: float) -> dict:
+    """A plan as the model returns one, from the stand-in model: every frame of the segments (or
+    of the audio) regenerated at the job's or the segment's settings, priced by latentsync.estimate."""
+    steps, guidance = inputs.get("inference_steps", 20), inputs.get("guidance_scale", 1.5)
+    if inputs.get("segments"):
+        ranges = [(s["start"], s["end"], s.get("inference_steps", steps), s.get("guidance_scale", guidance)) for s in json.loads(inputs["segments"])]
+    else:
+        ranges = [(0.0, audio_s, steps, guidance)]
+    work = {}
+    for start, end, span_steps, span_guidance in ranges:
+        work[(span_steps, span_guidance)] = work.get((span_steps, span_guidance), 0) + math.ceil(round((end - start) * 25) / 16)
+    rows = [{"steps": s, "guidance": g, "windows": n} for (s, g), n in work.items()]
+    frames = round((video_s if inputs.get("segments") else audio_s) * 25)
+    return {"kind": "plan", "frames": frames, "frames_generated": sum(round((end - start) * 25) for start, end, *_ in ranges),
+            "duration": frames / 25, "windows": sum(work.values()), "unet_window_steps": sum(r["steps"] * r["windows"] for r in rows),
+            "work": rows, "spans": [], "estimate": estimate(rows, inputs.get("enable_deepcache", True), inputs.get("version", "1.6"))}
 
 
 def _now() -> str:

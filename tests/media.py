@@ -55,9 +55,9 @@ def tiny_pipeline(device="cpu", **settings) -> LipsyncPipeline:
     return LipsyncPipeline.from_files(tiny_files(), device=device, face_detector="mediapipe", **settings)
 
 
-def small_clip(path: Path, seconds: float = 4.0, start: float = 0.0, size: str = "540:960") -> Path:
-    """A shorter, smaller cut of demo1 (video and its own audio), fast to process."""
-    ffmpeg("-ss", start, "-i", ASSETS / "demo1_video.mp4", "-t", seconds, "-vf", f"scale={size}", "-c:v", "libx264", "-crf", 12, "-c:a", "aac", path)
+def small_clip(path: Path, seconds: float = 4.0, start: float = 0.0, size: str = "540:960", source: str = "demo1_video.mp4") -> Path:
+    """A shorter, smaller cut of a demo clip (demo1 unless told; video and its own audio), fast to process."""
+    ffmpeg("-ss", start, "-i", ASSETS / source, "-t", seconds, "-vf", f"scale={size}", "-c:v", "libx264", "-crf", 12, "-c:a", "aac", path)
     return path
 
 

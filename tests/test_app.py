@@ -71,12 +71,14 @@ def first_job(client, media):
 def test_the_endpoint_takes_every_cog_input_by_name_with_its_default(app):
     url, _ = app
     api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
-    parameters = api["named_endpoints"]["/lipsync"]["parameters"]
-    options = [name for name in SERVICE_INPUTS if name != "return_report"]
-    assert [p["parameter_name"] for p in parameters] == ["video", "audio", *options]
-    assert {p["parameter_name"]: p["parameter_default"] for p in parameters[2:]} == {name: SERVICE_INPUTS[name].default for name in options}
+    options = [name for name in SERVICE_INPUTS if name not in ("return_report", "plan_only")]  # the page returns the report; plans have /plan
+    for endpoint in ("/lipsync", "/plan"):
+        parameters = api["named_endpoints"][endpoint]["parameters"]
+        assert [p["parameter_name"] for p in parameters] == ["video", "audio", *options, "segment_audio"]
+        assert {p["parameter_name"]: p["parameter_default"] for p in parameters[2:-1]} == {name: SERVICE_INPUTS[name].default for name in options}
+        assert [p["parameter_has_default"] for p in parameters] == [False] + [True] * (len(parameters) - 1)  # the audio too: segments may bring theirs
     assert [r["label"] for r in api["named_endpoints"]["/lipsync"]["returns"]] == ["Lip-synced", "Report", "Timeline"]
-    assert list(api["named_endpoints"]) == ["/lipsync"]  # the page's own events stay private
+    assert list(api["named_endpoints"]) == ["/lipsync", "/plan"]  # the page's own events stay private
 
 
 def test_a_job_returns_the_video_its_report_and_the_timeline(first_job, media):
@@ -251,6 +253,38 @@ def silent_copy(source: Path, target: Path) -> None:
 
 
 
+# ---- segments and plans --------------------------------------------------------------------
+
+
+def test_a_segment_job_and_its_plan_through_the_endpoints(app, media):
+    url, _ = app
+    video, audio, folder = media
+    client = Client(url, verbose=False)
+    clip = speech(folder / "line.wav", 0.8, start=5.0)
+    segments = '[{"start": 0.2, "end": 0.84, "audio": 0, "inference_steps": 25}]'
+    plan, picture, line = client.predict(handle_file(str(video)), segments=segments, segment_audio=[handle_file(str(clip))], api_name="/plan")
+    assert plan["kind"] == "plan" and plan["windows"] == 1 and plan["work"] == [{"steps": 25, "guidance": 1.5, "windows": 1}]
+    assert "Plan: 16 of 25 frames to regenerate" in line and "GPU s of denoising" in line and Path(picture).stat().st_size > 10_000
+    lipsynced, report, timeline = client.predict(handle_file(str(video)), segments=segments, segment_audio=[handle_file(str(clip))], api_name="/lipsync")
+    assert report["spans"] == plan["spans"] and report["segments"][0]["steps"] == 25 and report["unet_window_steps"] == 25
+    assert abs(probe(Path(lipsynced)).duration - 1.0) <= 0.04  # the video's length
+
+
+@pytest.mark.parametrize("segments,clips,message", [
+    ('[{"start": 0.1, "end": 0.5}, {"start": 0.3, "end": 0.9}]', 0, "segment 2 (0.30-0.90 s) overlaps segment 1 (0.10-0.50 s); segments must not overlap."),
+    ('[{"start": 0.5, "end": 4}]', 0, "segment 1 (0.50-4.00 s) ends after the video, which is 1.00 s long."),
+    ('[{"start": 0.5, "end": 0.5}]', 0, "segment 1 is empty or reversed (start 0.5 s, end 0.5 s): end must be after start."),
+    ('[{"start": 0.1, "end": 0.5, "audio": 0, "audio_start": 7}]', 1, "segment 1 (0.10-0.50 s) starts its speech at 7.00 s of its audio, which is only 1.20 s long."),
+    ('[{"start": 0.1, "end": 0.5, "audio": 3}]', 1, "segment 1's audio must be the index of its file in segment_audio (0 to 0), got 3."),
+])
+def test_a_bad_segment_list_gets_its_sentence_and_the_app_keeps_serving(client, media, first_job, segments, clips, message):
+    video, audio, _ = media
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(video)), handle_file(str(audio)), segments=segments, segment_audio=[handle_file(str(audio))] * clips,
+                       api_name="/lipsync")
+    assert str(error.value) == message
+    _, report, _ = client.predict(handle_file(str(video)), handle_file(str(audio)), seed=7, api_name="/lipsync")
+    assert report["cache"] == "hit"  # still serving
 # ---- facing a network: logins, limits and what the page lets through ------------------------------
 
 LOGIN = ("editor", "s3cret-4417-pass")  # from the environment: never on the command line

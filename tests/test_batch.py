@@ -39,7 +39,7 @@ def test_the_csv_header_is_checked_and_values_are_typed(tmp_path):
     assert rows[1].params == {} and rows[1].error is None  # empty cells take the defaults
     assert rows[2].error == "guidance_scale must be a number, got 'lots'."
     assert rows[3].error == "enable_deepcache must be true or false, got 'maybe'."
-    assert rows[4].error == "video, audio and output must not be empty."
+    assert rows[4].error == "video, audio and output must not be empty (audio may be, with segments that each have their own)."
 
 
 def test_reasons_lose_their_wrappers():
@@ -84,3 +84,24 @@ def test_a_batch_on_replicate_is_resumable(fake, tmp_path, media):
         statuses = [row["status"] for row in csv.DictReader(file)]
     assert statuses == ["skipped", "skipped", "skipped", "failed", "skipped", "done"]
     assert len(fake.creates) == 5
+
+
+def test_batch_plan_prints_every_rows_estimate_and_the_total_and_runs_nothing(fake, tmp_path, media):
+    video, audio, folder = media["video"], media["audio"], media["folder"]
+    (tmp_path / "name.json").write_text(json.dumps([{"start": 0.2, "end": 0.9, "audio": str(audio), "inference_steps": 30}]))
+    jobs = write(tmp_path / "jobs.csv", "video,audio,output,segments,seed\n"
+                 f"{video},{audio},{tmp_path / 'a.mp4'},,1\n"
+                 f"{video},,{tmp_path / 'b.mp4'},{tmp_path / 'name.json'},1\n"
+                 f"{video},,{tmp_path / 'c.mp4'},,1\n")
+    planned = batch(fake, tmp_path, jobs, "--plan")
+    assert planned.returncode == 1, planned.stdout + planned.stderr  # row 3 has neither audio nor segments
+    client = LipSyncClient(api_token="r8_test", base_url=fake.url, model="owner/model", store=tmp_path / "jobs.sqlite")
+    plans = [client.plan(video, audio, seed=1), client.plan(video, segments=tmp_path / "name.json", seed=1)]  # answered from the store
+    assert [c["input"]["plan_only"] for c in fake.creates] == [True, True] and len(fake.creates) == 2
+    assert plans[1]["work"] == [{"steps": 30, "guidance": 1.5, "windows": 2}]
+    total = sum(plan["estimate"]["gpu_seconds"] for plan in plans)
+    lines = planned.stdout.splitlines()
+    assert lines[-1].startswith(f"total: {sum(p['frames_generated'] for p in plans)} frames to regenerate in {sum(p['windows'] for p in plans)} windows, "
+                                f"{total:.2f} GPU s of denoising (estimated rates, not measured; at 1.5 / 1.6: ")
+    assert "no plan: video, audio and output must not be empty" in planned.stdout
+    assert not any((tmp_path / name).exists() for name in ("a.mp4", "b.mp4", "c.mp4"))

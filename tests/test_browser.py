@@ -1,19 +1,26 @@
 """The web page as a person uses it: headless Chromium (Debian's chromium and chromium-driver,
 driven by selenium) uploads a cut of the demo clip and speech, runs a job, waits for the
 lip-synced video and the timeline picture, saves a screenshot of the finished page, and finds
-the result again after a reload; and uploads a playlist as the speech, which is never played."""
+the result again after a reload; adds a segment in the page's table, previews its plan, runs it
+and sees the segment outlined on the timeline; and uploads a playlist as the speech, which is
+never played."""
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
+import cv2
+import httpx
 import psutil
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from latentsync.timeline import timeline_figure
 from scripts import make_corpus
 from tests.media import small_clip, speech
 
@@ -65,6 +72,53 @@ def test_a_job_from_the_page(app, browser, tmp_path):
     assert "of 40 frames regenerated" in browser.find_element(By.CSS_SELECTOR, "#status").text
 
 
+def test_a_segment_from_the_page(app, browser, tmp_path):
+    """Open the segments table, give one row a time range and its clip, preview the plan, run it:
+    the result plays for the video's length and the timeline outlines the segment."""
+    url, folder = app
+    video, clip = small_clip(tmp_path / "template.mp4", seconds=1.0, start=2.0), speech(tmp_path / "name.wav", 0.8, start=6.0)
+    browser.get(url)
+    wait = WebDriverWait(browser, 300, poll_frequency=0.2)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source-video input[type=file]"))[0].send_keys(str(video))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source-video video"))
+    browser.find_element(By.CSS_SELECTOR, "#segments > button").click()  # open the table
+    wait.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#segment-1-start input[type=number]") if e.is_displayed()])
+    for field, value in (("start", "0.2"), ("end", "0.84")):  # the fields show 0 while empty
+        box = browser.find_element(By.CSS_SELECTOR, f"#segment-1-{field} input[type=number]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value)
+    browser.find_element(By.CSS_SELECTOR, "#segment-1-audio input[type=file]").send_keys(str(clip))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#segment-1-audio td.filename[aria-label='name.wav']"))  # the clip is in
+
+    browser.find_element(By.CSS_SELECTOR, "#preview-button").click()
+    wait.until(lambda d: "frames to regenerate" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    assert "Plan: 16 of 25 frames to regenerate" in browser.find_element(By.CSS_SELECTOR, "#status").text
+    assert "GPU s of denoising" in browser.find_element(By.CSS_SELECTOR, "#status").text
+
+    results = folder / "data" / "results"
+    before = set(results.iterdir())
+    browser.find_element(By.CSS_SELECTOR, "#run-button").click()
+    duration = "const v = document.querySelector('#lipsynced-video video'); return v && v.readyState >= 1 ? v.duration : null;"
+    wait.until(lambda d: d.execute_script(duration))
+    wait.until(lambda d: "frames regenerated" in d.find_element(By.CSS_SELECTOR, "#status").text)
+    wait.until(lambda d: d.execute_script("const i = document.querySelector('#timeline img'); return i && i.complete && i.naturalWidth > 0;"))
+    browser.save_screenshot(str(tmp_path / "segment_page.png"))
+    status = browser.find_element(By.CSS_SELECTOR, "#status").text
+    assert "16 of 25 frames regenerated" in status and "1 segment" in status
+    assert abs(browser.execute_script(duration) - 1.0) <= 0.05  # the video's length: outside the segment, the source
+
+    [result] = set(results.iterdir()) - before
+    report = json.loads((result / "report.json").read_text())
+    assert report["segments"][0]["start"] == 0.2 and report["segments"][0]["frames_generated"] == 16
+    shown = browser.execute_script("return document.querySelector('#timeline img').src")
+    assert httpx.get(shown, timeout=30).content == (result / "timeline.png").read_bytes()  # the page shows the job's own picture
+    figure = timeline_figure(report)
+    figure.canvas.draw()
+    picture = cv2.cvtColor(cv2.imread(str(result / "timeline.png")), cv2.COLOR_BGR2RGB)
+    axis = figure.axes[1]
+    for edge in (0.2, 0.84):  # the segment's outline, dark across the bands where its edges are
+        x, y = axis.transData.transform((edge, 0.25))
+        assert picture[picture.shape[0] - round(y), round(x)].max() < 60, edge
 def ffmpeg_processes() -> list[psutil.Process]:
     """ffmpeg and ffprobe processes below this test process (the app's)."""
     found = []

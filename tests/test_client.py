@@ -33,7 +33,7 @@ def creates(fake) -> int:
 
 def test_parameters_are_validated_before_any_request(fake, tmp_path, media):
     client = client_for(fake, tmp_path)
-    for bad, message in (({"guidance_scale": 5}, "guidance_scale must be between 1 and 3"), ({"version": "2.0"}, "version must be one of 1.5, 1.6"), ({"steps": 20}, "Unknown parameter")):
+    for bad, message in (({"guidance_scale": 5}, "guidance_scale must be between 1 and 3"), ({"version": "2.0"}, "version must be one of 1.5, 1.6"), ({"steps": 20}, "Unknown input")):
         with pytest.raises(ValueError, match=message):
             client.run(media["video"], media["audio"], **bad)
     assert fake.requests == []
@@ -45,7 +45,7 @@ def test_parameter_table_matches_the_predictor(tmp_path):
     from scripts.cog_schema import openapi_schema
 
     properties = openapi_schema()["components"]["schemas"]["Input"]["properties"]
-    assert set(properties) - {"video", "audio"} == set(PARAMETERS)
+    assert set(properties) - {"video", "audio", "segment_audio"} == set(PARAMETERS)  # the files, and the table
     for name, spec in PARAMETERS.items():
         prop = properties[name]
         assert prop["default"] == spec.default, name
@@ -246,3 +246,62 @@ def test_cli_run_and_status(fake, tmp_path, media):
     bad = subprocess.run([*common, "run", "--video", str(media["video"]), "--audio", str(media["audio"]), "--param", "guidance_scale=9"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "guidance_scale must be between 1 and 3" in bad.stderr
     assert validate({})["version"] == "1.6"
+
+
+# ---- segments and plans ------------------------------------------------------------------------
+
+
+def test_segments_upload_their_audio_and_are_part_of_the_job_key(fake, tmp_path, media):
+    import hashlib
+
+    from latentsync.files import sha256_of
+    from latentsync.segments import SegmentError
+
+    client = client_for(fake, tmp_path, inline_max_bytes=1000)  # the Files API, as for big inputs
+    video, first, second = media["video"], media["audio"], speech(tmp_path / "line.wav", 0.6, start=3.0)
+    # jobs without segments keep the key they always had
+    old_key = hashlib.sha256(json.dumps({"video": sha256_of(video), "audio": sha256_of(first), "params": validate({}), "model": "owner/model"},
+                                        sort_keys=True).encode()).hexdigest()
+    assert client.job_key(video, first, {}) == old_key
+    segments = [{"start": 0.1, "end": 0.5, "audio": str(first)}, {"start": 0.5, "end": 0.9, "audio": str(second), "inference_steps": 30},
+                {"start": 0.9, "end": 1.0, "audio": str(first)}]
+    result = client.run(video, segments=segments, seed=3)
+    sent = fake.creates[0]["input"]
+    assert "audio" not in sent and len(sent["segment_audio"]) == 2 and all(ref.startswith(fake.url + "/v1/files/") for ref in sent["segment_audio"])
+    assert json.loads(sent["segments"]) == [{"start": 0.1, "end": 0.5, "audio": 0}, {"start": 0.5, "end": 0.9, "audio": 1, "inference_steps": 30},
+                                            {"start": 0.9, "end": 1.0, "audio": 0}]
+    assert abs(probe(result.path).duration - 1.0) < 0.1  # the video's length
+
+    requests = len(fake.requests)
+    copy = tmp_path / "copy of line.wav"
+    copy.write_bytes(second.read_bytes())  # the same content under another name, the same numbers spelled otherwise
+    same = [segments[0], {"start": 0.5, "end": 0.9, "audio": str(copy), "inference_steps": 30.0}, segments[2]]
+    assert client.run(video, segments=same, seed=3).path == result.path and len(fake.requests) == requests  # one job: no request
+    (tmp_path / "job.json").write_text(json.dumps(same))
+    assert client.job_key(video, None, {"seed": 3}, tmp_path / "job.json") == result.job.key  # a segments file says the same
+
+    changed = tmp_path / "changed.wav"
+    data = bytearray(second.read_bytes())
+    data[-100] ^= 1  # one byte of one segment's audio
+    changed.write_bytes(bytes(data))
+    client.run(video, segments=[segments[0], {**segments[1], "audio": str(changed)}, segments[2]], seed=3)
+    assert len(fake.creates) == 2
+
+    before = len(fake.requests)
+    for bad, message in (([{"start": 0.5, "end": 0.2, "audio": str(first)}], "segment 1 is empty or reversed"),
+                         ([{"start": 0.1, "end": 0.5, "audio": str(tmp_path / "missing.wav")}], "Input file not found"),
+                         ([{"start": 0.1, "end": 0.5}], r"segment 1 \(0.10-0.50 s\) has no audio of its own and the job has none")):
+        with pytest.raises((SegmentError, FileNotFoundError, ValueError), match=message):
+            client.run(video, segments=bad)
+    assert len(fake.requests) == before  # refused before any request
+
+
+def test_a_plan_is_asked_of_the_model_once_and_run_refuses_plan_only(fake, tmp_path, media):
+    client = client_for(fake, tmp_path)
+    plan = client.plan(media["video"], media["audio"], inference_steps=25)
+    assert fake.creates[0]["input"]["plan_only"] is True and fake.creates[0]["input"]["inference_steps"] == 25
+    assert plan["kind"] == "plan" and plan["estimate"]["gpu_seconds"] > 0 and plan["work"][0]["steps"] == 25
+    assert client.plan(media["video"], media["audio"], inference_steps=25) == plan and len(fake.creates) == 1
+    with pytest.raises(ValueError, match=r"plan_only asks for the plan instead of the video: call plan\(\)"):
+        client.run(media["video"], media["audio"], plan_only=True)
+    assert "plan_only" not in client.run(media["video"], media["audio"], inference_steps=25).job.input  # the video job: a key of its own

@@ -1,6 +1,7 @@
 """The predictor under Cog's real HTTP server, with tiny weights downloaded from a local server."""
 
 import base64
+import json
 import os
 import re
 import threading
@@ -64,8 +65,10 @@ def test_openapi_shows_every_input_with_its_limits(server):
     client, _, _ = server
     inputs = client.get("/openapi.json").json()["components"]["schemas"]["Input"]
     properties = inputs["properties"]
-    assert set(inputs["required"]) == {"video", "audio"}
+    assert set(inputs["required"]) == {"video"}  # the audio too, unless every segment has its own (the predictor says so)
     assert properties["video"]["format"] == "uri" and properties["audio"]["format"] == "uri"
+    assert properties["segment_audio"]["type"] == "array" and properties["segment_audio"]["items"]["format"] == "uri"
+    assert properties["segments"]["default"] == "" and properties["plan_only"]["default"] is False
     assert (properties["guidance_scale"]["minimum"], properties["guidance_scale"]["maximum"], properties["guidance_scale"]["default"]) == (1.0, 3.0, 1.5)
     assert (properties["inference_steps"]["minimum"], properties["inference_steps"]["maximum"], properties["inference_steps"]["default"]) == (20, 50, 20)
     assert properties["seed"]["default"] == 1247
@@ -168,6 +171,57 @@ def test_a_device_error_fails_the_prediction_with_its_sentence_and_the_next_one_
     assert client.get("/health-check").json()["status"] == "READY"
     again = predict(client, **inputs).json()
     assert again["status"] == "succeeded" and again["metrics"]["failed_windows"] == 0, again.get("error")
+
+
+# ---- segments and plans --------------------------------------------------------------------
+
+
+def test_a_segment_with_its_own_audio_regenerates_only_its_frames(server, media, tmp_path):
+    client, _, _ = server
+    video, audio = media
+    name = speech(tmp_path / "name.wav", 0.7, start=4.0)
+    body = predict(client, video=data_uri(video, "video/mp4"), segments=json.dumps([{"start": 0.2, "end": 0.84, "audio": 0}]),
+                   segment_audio=[data_uri(name, "audio/wav")], return_report=True, seed=7).json()
+    assert body["status"] == "succeeded", body.get("error")
+    report = body["output"]["report"]
+    assert [(s["start"], s["end"], s["action"]) for s in report["spans"]] == [(0.0, 0.2, "outside_segments"), (0.2, 0.84, "generated"), (0.84, 1.0, "outside_segments")]
+    assert report["segments"][0]["audio"] == "own" and report["segments"][0]["windows"] == 1 and report["unet_window_steps"] == 20
+    out = tmp_path / "out.mp4"
+    out.write_bytes(base64.b64decode(body["output"]["video"].split(",", 1)[1]))
+    assert abs(probe(out).duration - 1.0) < 0.05  # the video's length, not the audio's
+
+
+def test_plan_only_returns_the_plan_as_json_without_running_the_model(server, media):
+    client, _, _ = server
+    video, audio = media
+    body = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), plan_only=True).json()
+    assert body["status"] == "succeeded", body.get("error")
+    assert body["output"].startswith("data:application/json;base64,")
+    plan = json.loads(base64.b64decode(body["output"].split(",", 1)[1]))
+    assert plan["kind"] == "plan" and plan["frames"] == 25 and plan["windows"] == body["metrics"]["windows_planned"] == 2
+    assert plan["estimate"]["version"] == "1.6" and plan["estimate"]["gpu_seconds"] > 0 and plan["estimate"]["basis"].startswith("estimate")
+    assert not any(line.startswith("render ") for line in body["logs"].splitlines())  # analysed, not rendered
+
+
+@pytest.mark.parametrize("segments,files,message", [
+    ([{"start": 0.1, "end": 0.5}, {"start": 0.4, "end": 0.9}], 0, "segment 2 (0.40-0.90 s) overlaps segment 1 (0.10-0.50 s); segments must not overlap."),
+    ([{"start": 0.5, "end": 3.0}], 0, "segment 1 (0.50-3.00 s) ends after the video, which is 1.00 s long."),
+    ([{"start": 0.6, "end": 0.2}], 0, "segment 1 is empty or reversed (start 0.6 s, end 0.2 s): end must be after start."),
+    ([{"start": 0.1, "end": 0.5, "audio": 1}], 1, "segment 1's audio must be the index of its file in segment_audio (0 to 0), got 1."),
+    ([{"start": 0.1, "end": 0.5, "audio": 0, "audio_start": 9}], 1, "segment 1 (0.10-0.50 s) starts its speech at 9.00 s of its audio, which is only 1.00 s long."),
+    ("[{\"start\": 0.1, \"end\": Infinity}]", 0, "segments must be a JSON list like"),
+])
+def test_a_bad_segment_list_fails_with_its_sentence_and_the_server_keeps_serving(server, media, segments, files, message):
+    client, _, _ = server
+    video, audio = media
+    listing = segments if isinstance(segments, str) else json.dumps(segments)
+    body = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), segments=listing,
+                   segment_audio=[data_uri(audio, "audio/wav")] * files).json()
+    assert body["status"] == "failed" and message in body["error"] and "/tmp" not in body["error"]
+    deadline = time.time() + 30  # Cog frees the slot of a prediction that failed at once a moment after answering
+    while client.get("/health-check").json()["status"] != "READY" and time.time() < deadline:
+        time.sleep(0.1)
+    assert client.get("/health-check").json()["status"] == "READY"
 
 
 LIBRARY_NOISE = ("HTTP Request", "GetPrototype", "XNNPACK", "Feedback manager", "accelerate", "InitializeLog", "%|")

@@ -1,5 +1,5 @@
 """A job's options and how the front ends' inputs become them: the service's input table checked
-(`client.params.validate`), turned into `LipsyncOptions` (`options.options_from_inputs`), and the
+(`options.validate_inputs`, which the client's `params.validate` is), turned into `LipsyncOptions` (`options.options_from_inputs`), and the
 speaker point/box and seed rules shared by the Cog predictor, the web app and the CLI. Numbers that
 are not numbers (NaN, infinity, out-of-range seeds) are refused in one sentence naming the input,
 before any file is read: Python's json reads NaN and Infinity, so they do reach us."""
@@ -10,18 +10,22 @@ import math
 import pytest
 
 from latentsync.client.params import validate
+from latentsync.options import validate_inputs
 from latentsync.config import SEED_MAX, SERVICE_INPUTS
 from latentsync.options import LipsyncOptions, options_from_inputs, parse_speaker_box, parse_speaker_point, resolve_seed
 
 def test_validate_fills_every_default_from_the_table():
-    assert validate({}) == {name: spec.default for name, spec in SERVICE_INPUTS.items()}
+    assert validate is validate_inputs  # one check for every surface
+    # inputs newer deployments added (segments, plan_only) only when set: jobs without them keep their keys
+    assert validate({}) == {name: spec.default for name, spec in SERVICE_INPUTS.items() if not spec.only_when_set}
+    assert validate({"plan_only": True})["plan_only"] is True and "segments" not in validate({"segments": ""})
     assert validate({"seed": 5, "guidance_scale": 2})["guidance_scale"] == 2.0
     assert isinstance(validate({"guidance_scale": 2})["guidance_scale"], float)
     assert isinstance(validate({"crf": 20.0})["crf"], int)
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"colour": 1, "size": 2}, "Unknown parameter(s) colour, size; known: guidance_scale, inference_steps,"),
+    ({"colour": 1, "size": 2}, "Unknown input(s) colour, size; known: guidance_scale, inference_steps,"),
     ({"enable_deepcache": "yes"}, "enable_deepcache must be true or false, got 'yes'."),
     ({"enable_deepcache": 1}, "enable_deepcache must be true or false, got 1."),
     ({"inference_steps": 20.5}, "inference_steps must be an integer, got 20.5."),

@@ -205,9 +205,9 @@ def detection(x=100.0, y=100.0, size=200.0, yaw=0.0) -> FaceDetection:
     return FaceDetection(box=(x, y, x + size, y + size), score=0.9, landmarks3=landmarks, yaw_degrees=yaw)
 
 
-def plan(detections, audio_s=None, pauses=(), fps=25.0, **options):
+def plan(detections, audio_s=None, pauses=(), fps=25.0, segments=None, **options):
     audio_s = len(detections) / fps if audio_s is None else audio_s
-    return plan_job(detections, audio_s, pauses, fps, LipsyncOptions(**options), resolution=256)
+    return plan_job(detections, audio_s, pauses, fps, LipsyncOptions(**options), resolution=256, segments=segments)
 
 
 def actions(result):
@@ -319,30 +319,31 @@ def test_output_fps_keeps_only_24_to_30_fps_sources_when_asked():
 # ---- the plan, built frame by frame --------------------------------------------------------------------
 
 
-def streamed(detections, audio_s=None, pauses=(), fps=25.0, **options):
+def streamed(detections, audio_s=None, pauses=(), fps=25.0, segments=None, **options):
     """Feed the detections one frame at a time and check, at every frame, that whatever the plan
-    holds is what the whole plan has there: final spans, the frames known to belong to the open
-    regenerated span, source frames and alignments. Returns the plan and, per frame added, how
-    many output frames were planned."""
+    holds is what the whole plan has there: final spans (with their settings), the frames known to
+    belong to the open regenerated span (and its settings), source frames and alignments. Returns
+    the plan and, per frame added, how many output frames were planned."""
     audio_s = len(detections) / fps if audio_s is None else audio_s
-    whole = plan(detections, audio_s, pauses, fps, **options)
-    builder = PlanBuilder(audio_s, pauses, fps, LipsyncOptions(**options), resolution=256)
-    whole_spans = [(s.start, s.end, s.action, s.details) for s in whole.spans]
+    whole = plan(detections, audio_s, pauses, fps, segments, **options)
+    builder = PlanBuilder(audio_s, pauses, fps, LipsyncOptions(**options), resolution=256, segments=segments)
+    whole_spans = [(s.start, s.end, s.action, s.details, s.steps, s.guidance) for s in whole.spans]
     planned, checked = [], set()
     for faces in detections:
         builder.add(faces)
-        spans = [(s.start, s.end, s.action, s.details) for s in builder.plan.spans]
+        spans = [(s.start, s.end, s.action, s.details, s.steps, s.guidance) for s in builder.plan.spans]
         assert spans == whole_spans[: len(spans)]
         open_span = builder.spans.open_span
         if open_span is not None:
             final = next(s for s in whole.spans if s.start == open_span.start)
             assert final.action is Action.GENERATED and final.end >= open_span.end
+            assert (open_span.details, open_span.steps, open_span.guidance) == (final.details, final.steps, final.guidance)
         assert builder.plan.source_frames == list(whole.source_frames[: len(builder.plan.source_frames)])
         assert all(np.array_equal(affine, whole.affines[frame]) for frame, affine in builder.plan.affines.items() if frame not in checked)
         checked.update(builder.plan.affines)
         planned.append(len(builder.plan.source_frames))
     result = builder.finish()
-    assert [(s.start, s.end, s.action, s.details) for s in result.spans] == whole_spans
+    assert [(s.start, s.end, s.action, s.details, s.steps, s.guidance) for s in result.spans] == whole_spans
     return result, planned
 
 

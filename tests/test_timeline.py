@@ -47,7 +47,7 @@ def test_each_span_is_a_band_in_its_actions_colour_in_order(figure):
     bands = [p for p in band_axis(figure).patches if isinstance(p, Rectangle)]
     assert [(b.get_x(), b.get_x() + b.get_width()) for b in bands] == [(a, b) for a, b, _, _ in SPANS]
     assert [b.get_facecolor() for b in bands] == [to_rgba(ACTION_COLOURS[action]) for _, _, action, _ in SPANS]
-    assert len({ACTION_COLOURS[a] for a in ACTION_COLOURS}) == 5  # five distinct colours
+    assert len({ACTION_COLOURS[a] for a in ACTION_COLOURS}) == len(ACTION_COLOURS)  # a colour of its own each
 
 
 def test_the_legend_names_each_action_present_once(figure):
@@ -111,3 +111,27 @@ def test_the_cli_writes_the_picture_beside_the_output(tmp_path, assets, referenc
     report = json.loads((tmp_path / "clip_out.report.json").read_text())
     axis = band_axis(timeline_figure(report))
     assert axis.get_xlim() == (0.0, report["duration"])
+
+
+def test_segments_are_outlined_and_numbered_where_their_time_is(tmp_path):
+    spans = [(0.0, 2.0, "outside_segments", None), (2.0, 3.5, "generated", None), (3.5, 8.0, "outside_segments", None),
+             (8.0, 8.4, "silence", None), (8.4, 9.6, "generated", None), (9.6, 12.0, "outside_segments", None)]
+    report = constructed_report(spans, threshold=None)
+    report["segments"] = [{"segment": 1, "start": 2.0, "end": 3.5}, {"segment": 2, "start": 8.0, "end": 9.6}]
+    path = save_timeline(report, tmp_path / "segments.png")
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(int)
+    figure = timeline_figure(report)
+    figure.canvas.draw()
+    axis = band_axis(figure)
+    assert sorted(text.get_text() for text in axis.texts) == ["1", "2"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()][-1] == "segment"
+
+    def pixel(t, y):
+        x, y = axis.transData.transform((t, y))
+        return image[image.shape[0] - round(y), round(x)]
+
+    for row in report["segments"]:
+        for edge in (row["start"], row["end"]):
+            assert pixel(edge, 0.25).max() < 60, edge  # the outline, dark across the bands
+    assert np.abs(pixel(1.0, 0.25) - np.array(to_rgb(ACTION_COLOURS["outside_segments"])) * 255).max() <= 2
+    assert np.abs(pixel(2.4, 0.25) - np.array(to_rgb(ACTION_COLOURS["generated"])) * 255).max() <= 2

@@ -5,6 +5,7 @@ with SIGKILL mid-prediction, one stopped with SIGTERM, one in a network namespac
 Redis and the storage (S3 emulator)."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,29 @@ def test_a_bad_row_fails_once_with_its_sentence(place, two_workers, tmp_path):
     assert out_of_range["reason"] == "guidance_scale must be between 1 and 3, got 9." and out_of_range["job"] == ""  # refused before the queue
     assert good["status"] == "done" and probe(tmp_path / "c.mp4").has_video and not (tmp_path / "a.mp4").exists()
     assert sum(ids.count(bad["job"]) for ids in started(place, "gpu-a", "gpu-b")) == 1  # not retried
+
+
+def test_plans_and_segments_run_on_the_workers(place, two_workers, tmp_path):
+    """`batch --plan` asks the workers for each row's plan and prints the total; then the rows run,
+    a segment's audio going through the storage like the other inputs."""
+    media = place["media"]
+    (tmp_path / "name.json").write_text(json.dumps([{"start": 0.4, "end": 1.2, "audio": str(media["audio"]), "inference_steps": 25}]))
+    jobs = write_jobs(tmp_path / "segments.csv", [
+        {"video": media["long_video"], "audio": "", "output": tmp_path / "a.mp4", "segments": tmp_path / "name.json"},
+        {"video": media["video"], "audio": media["audio"], "output": tmp_path / "b.mp4", "seed": 9},
+    ])
+    planned = batch(place, jobs, "--plan")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    rows = [line.split() for line in planned.stdout.splitlines()[1:3]]
+    # frames to regenerate, windows: the segment's 0.64 s audio covers 16 of its 20 frames (the rest is silent)
+    assert [(row[0], row[2], row[3]) for row in rows] == [("1", "16/75", "1"), ("2", "16/16", "1")]
+    total = sum(float(row[4]) for row in rows)
+    assert planned.stdout.splitlines()[-1].startswith(f"total: 32 frames to regenerate in 2 windows, {total:.2f} GPU s") and total > 0
+    assert not (tmp_path / "a.mp4").exists()
+
+    ran = batch(place, jobs)
+    assert ran.returncode == 0 and "2 done, 0 failed, 0 skipped" in ran.stdout, ran.stdout + ran.stderr
+    assert abs(probe(tmp_path / "a.mp4").duration - 3.0) < 0.05  # the video's own length, not the segment audio's
 
 
 @pytest.mark.slow  # two Cog servers start and a job runs twice (about a minute on 2 cores)

@@ -1,6 +1,7 @@
 """The web app's jobs, apart from the page: the service's checks, a run on the loaded models into
-a result folder of its own, the finished results kept for the browsers that asked for them, and
-the speech preview (our own ffmpeg runner's re-encoding of a speech file that passed the checks).
+a result folder of its own, a job's plan (no model runs), the finished results kept for the
+browsers that asked for them, and the speech preview (our own ffmpeg runner's re-encoding of a
+speech file that passed the checks).
 
 A result folder (under the app's results/) holds the lip-synced video, the report, its timeline
 picture, a link to the source video and `job.json`; it appears under its final name only when
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import place
-from ..client.params import validate
 from ..config import APP_BROWSERS_KEPT, APP_RESULT_MAX_AGE_S, APP_RESULTS_PER_BROWSER, SERVICE_INPUTS
 from ..media.ffmpeg import AUDIO_EXTENSIONS, AUDIO_FORMATS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VIDEO_FORMATS, input_args, run_ffmpeg, time_limit
-from ..options import LipsyncOptions, options_from_inputs
+from ..media.splice import segment_audio_role
+from ..options import LipsyncOptions, options_from_inputs, validate_inputs
 from ..progress import ProgressCallback
+from ..segments import Segment, parse_segments, with_audio_files
 from ..serving import ModelVersions, OutputFolders, remove_older_than
 from ..timeline import save_timeline
 from ..validation import check_audio, check_inputs
@@ -73,22 +75,36 @@ class Jobs:
         self._by_browser = Recent(APP_BROWSERS_KEPT)  # browser id -> its job ids, oldest first
         self._lock = threading.Lock()
 
-    def check(self, video, audio, inputs: dict) -> tuple[LipsyncOptions, str]:
-        """The service's checks and messages, cheapest first: every option's type and range, the
-        version this server offers, the uploads' kinds, then both files (`validation.check_inputs`).
-        Returns the job's options and model version; raises ValueError (one sentence)."""
-        inputs = validate(inputs)
+    def check(self, video, audio, inputs: dict, segment_audio=()) -> tuple[LipsyncOptions, str, list[Segment]]:
+        """The service's checks and messages, cheapest first: every input's type and range (the
+        one table), the version this server offers, the segments (each naming its file in
+        `segment_audio` by index), the uploads' kinds, then the files (`validation.check_inputs`).
+        Returns the job's options, model version and segments; raises ValueError (one sentence)."""
+        inputs = validate_inputs(inputs)
         if inputs["version"] not in self.versions:
             raise InputError(f"version must be one of {', '.join(self.versions)} on this server, got {inputs['version']!r}.")
         options = options_from_inputs(**inputs)
+        segments = with_audio_files(parse_segments(inputs.get("segments", "")), [Path(path) for path in segment_audio or []])
         if not video:
             raise InputError(f"Upload a video with a visible face ({VIDEO_FORMATS}).")
-        if not audio:
-            raise InputError("Upload the speech to lip-sync to: an audio file, or a video whose audio track to use.")
+        if not audio and not segments:
+            raise InputError("Upload the speech to lip-sync to: an audio file, or a video whose audio track to use (or add segments, each with its clip).")
         check_upload_name(video, "video")
-        check_upload_name(audio, "audio")
-        check_inputs(Path(video), Path(audio))
-        return options, inputs["version"]
+        if audio:
+            check_upload_name(audio, "audio")
+        for index, segment in enumerate(segments):
+            if segment.own_audio:
+                check_upload_name(segment.audio, segment_audio_role(index))
+        check_inputs(Path(video), Path(audio) if audio else None, segments)
+        return options, inputs["version"], segments
+
+    def plan(self, video, audio, inputs: dict, segment_audio=(), progress: ProgressCallback | None = None,
+             cancel: threading.Event | None = None) -> dict:
+        """What lip-syncing these inputs would do, and its estimated GPU time: the plan as a dict
+        (`LipsyncPipeline.plan`); no model runs."""
+        options, version, segments = self.check(video, audio, inputs, segment_audio)
+        preview = self.models.get(version).plan(Path(video), Path(audio) if audio else None, options, segments=segments, progress=progress, cancel=cancel)
+        return preview.to_dict()
 
     def speech_preview(self, audio) -> Path:
         """A playable copy of the speech upload `audio` for the page (AAC, mono): made by our ffmpeg
@@ -107,23 +123,26 @@ class Jobs:
         return preview
 
     def run(self, video, audio, inputs: dict, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-            browser: str | None = None, visitor: str = "") -> JobResult:
-        """Check and lip-sync `video` to `audio` with the service `inputs`; the result is listed
-        for `browser` (an id the page keeps in the browser), if given. The result cache answers
+            browser: str | None = None, visitor: str = "", segment_audio=()) -> JobResult:
+        """Check and lip-sync `video` to `audio` with the service `inputs` (with segments: only
+        their time ranges, to their clips in `segment_audio`); the result is listed for
+        `browser` (an id the page keeps in the browser), if given. The result cache answers
         only this `visitor`'s own repeats, so no one learns from it what someone else ran."""
-        options, version = self.check(video, audio, inputs)
+        options, version, segments = self.check(video, audio, inputs, segment_audio)
         self._results.remove_old()
-        video, audio = Path(video), Path(audio)
+        video, audio = Path(video), Path(audio) if audio else None
         job_id = uuid.uuid4().hex[:12]
         with self._results.new(job_id) as work:
             output = work / f"{video.stem}_lipsync.mp4"
             result = self.models.run(version, video, audio, output, options, report_path=work / "report.json", temp_dir=self.work_dir,
-                                     progress=progress, cancel=cancel, cache_scope=visitor)
+                                     progress=progress, cancel=cancel, cache_scope=visitor, segments=segments)
             report = result.report.to_dict()
             save_timeline(report, work / "timeline.png")
             source = work / f"source{video.suffix.lower()}"
             place(video, source)
-            record = {"id": job_id, "title": f"{video.name} + {audio.name}", "created": time.time(), "video": output.name, "source": source.name}
+            speech = f"{audio.name} + " if audio else ""
+            title = f"{video.name} + {speech}{len(segments)} segment{'s' * (len(segments) != 1)}" if segments else f"{video.name} + {audio.name}"
+            record = {"id": job_id, "title": title, "created": time.time(), "video": output.name, "source": source.name}
             (work / JOB_FILE).write_text(json.dumps(record))
         if browser:
             self.remember(browser, job_id)

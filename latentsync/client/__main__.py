@@ -1,8 +1,11 @@
 """Command line for the client: Replicate (--model) or your own GPU workers (--queue, --storage).
 
     python -m latentsync.client run --video talk.mp4 --audio dub.wav [--param guidance_scale=2] [--out out.mp4]
+    python -m latentsync.client run --video template.mp4 --segments name.json     # re-make only those seconds
+    python -m latentsync.client plan --video talk.mp4 --audio dub.wav [--segments fix.json]   # the plan and its GPU estimate
     python -m latentsync.client run --video long.mp4 --audio long.wav --max-segment 60
     python -m latentsync.client batch jobs.csv [--model owner/name | --queue URL --storage URL [--detach]] [--concurrency N] [--results results.csv]
+    python -m latentsync.client batch jobs.csv --plan                             # every row's plan and the total, nothing run
     python -m latentsync.client status <job key or prediction id>
     python -m latentsync.client status --queue URL                # depth, in flight, workers, failures
     python -m latentsync.client serve-webhooks --port 8000        # secret: $LATENTSYNC_WEBHOOK_SECRET or --secret-file
@@ -24,7 +27,8 @@ from urllib.parse import urlsplit
 
 from .. import config
 from . import LipSyncClient, LipSyncError, run_long, webhook_app
-from .batch import read_rows, run_batch, submit_rows, summary, write_results
+from ..estimate import describe_plan
+from .batch import plan_rows, plans_summary, read_rows, run_batch, submit_rows, summary, write_results
 from .core import DEFAULT_MODEL, DEFAULT_STORE, open_store
 from .params import PARAMETERS
 
@@ -74,16 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m latentsync.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="lip-sync and download the result", parents=[shared], allow_abbrev=False)
-    run.add_argument("--video", required=True)
-    run.add_argument("--audio", required=True)
+    plan = commands.add_parser("plan", help="what a job would do and its estimated GPU time, without running it", parents=[shared], allow_abbrev=False)
+    for command in (run, plan):
+        command.add_argument("--video", required=True)
+        command.add_argument("--audio", default=None, help="the speech (with --segments: for segments without an audio of their own)")
+        command.add_argument("--segments", default=None, help="a JSON file of the time ranges to re-make, each with its audio (relative paths: to the file)")
+        command.add_argument("--param", type=_parameter, action="append", default=[], help="name=value, e.g. guidance_scale=2")
     run.add_argument("--out", default=None, help="copy the result here")
-    run.add_argument("--param", type=_parameter, action="append", default=[], help="name=value, e.g. guidance_scale=2")
-    run.add_argument("--max-segment", type=float, default=None, help="split longer inputs into segments of this many seconds")
+    run.add_argument("--max-segment", type=float, default=None, help="split longer inputs into parts of this many seconds, run in parallel")
     batch = commands.add_parser("batch", help="run every row of a CSV (video, audio, output, model inputs...)", parents=[shared], allow_abbrev=False)
     batch.add_argument("csv", type=Path)
     batch.add_argument("--concurrency", type=int, default=None, help="rows at a time (default 4 on Replicate; with a queue, every row is queued first and this many are waited for, default 32)")
     batch.add_argument("--results", type=Path, default=None, help="results file, .csv or .json (default: <csv>.results.csv)")
     batch.add_argument("--detach", action="store_true", help="with a queue: queue the rows and exit; a re-run collects the results")
+    batch.add_argument("--plan", action="store_true", help="ask for every row's plan and print the estimated GPU time and the total; run nothing")
     status = commands.add_parser("status", help="show a job, or with --queue and no job the queue", parents=[shared], allow_abbrev=False)
     status.add_argument("job", nargs="?", default=None, help="job key or prediction id")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -119,19 +127,31 @@ def _client(options: dict) -> LipSyncClient:
 def _run(client, args) -> int:
     params = dict(args.param)
     if args.max_segment:
+        if args.segments or args.audio is None:
+            raise ValueError("--max-segment splits a whole-video job: give --audio, and no --segments.")
         out = args.out or "lipsync_long.mp4"
         run_long(client, args.video, args.audio, out, max_segment_s=args.max_segment, **params)
         print(out)
         return 0
-    result = client.run(args.video, args.audio, **params)
+    result = client.run(args.video, args.audio, segments=args.segments, **params)
     if args.out:
         shutil.copyfile(result.path, args.out)
     print(args.out or result.path)
     return 0
 
 
+def _plan(client, args) -> int:
+    plan = client.plan(args.video, args.audio, segments=args.segments, **dict(args.param))
+    print(describe_plan(plan))
+    return 0
+
+
 def _batch(client, args) -> int:
     rows = read_rows(args.csv)
+    if args.plan:
+        planned = plan_rows(client, rows, args.concurrency or 4)
+        print(plans_summary(planned))
+        return 1 if any(plan is None for _, plan, _ in planned) else 0
     started = time.time()
     if args.queue:  # every row goes into the queue first, so every worker can take one at once
         results = submit_rows(client, rows)
@@ -194,7 +214,7 @@ def _serve_webhooks(client, args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "batch": _batch, "serve-webhooks": _serve_webhooks}
+COMMANDS = {"run": _run, "plan": _plan, "batch": _batch, "serve-webhooks": _serve_webhooks}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,8 +2,9 @@
 
 The CSV has a header row with the columns `video`, `audio` and `output` (paths or URLs; output a
 local path), and optionally columns named like the model's inputs (`guidance_scale`, `seed`,
-`version`, ...; an empty cell takes the default). Rows run `concurrency` at a time; identical
-rows make one prediction. A re-run is cheap: rows whose output already holds their job's result
+`version`, ...; an empty cell takes the default); `segments` holds the path of a segments JSON
+file (the row's audio may then be empty if every segment has its own). Rows run `concurrency` at
+a time; identical rows make one prediction; `plan_rows` asks for every row's plan instead. A re-run is cheap: rows whose output already holds their job's result
 are skipped, jobs still running (in another process that stopped) are taken over, failed ones
 are tried again.
 """
@@ -24,6 +25,7 @@ from .core import LipSyncError
 from .params import PARAMETERS, validate
 
 REQUIRED = ("video", "audio", "output")
+COLUMNS = [name for name in PARAMETERS if name != "plan_only"]  # the model's inputs a row may set (a plan is asked for with --plan)
 RESULT_FIELDS = ("row", "status", "output", "reason", "video", "audio", "job", "server", "attempts", "seconds")
 
 
@@ -36,6 +38,7 @@ class Row:
     audio: str
     output: str
     params: dict = field(default_factory=dict)
+    segments: str | None = None  # the path of its segments file
     error: str | None = None  # why the row cannot run, found while reading it
 
 
@@ -63,18 +66,18 @@ def read_rows(path) -> list[Row]:
         missing = [name for name in REQUIRED if name not in columns]
         if missing:
             raise ValueError(f"{path.name} needs a header row with the columns video, audio and output; it lacks {', '.join(missing)}.")
-        unknown = [name for name in columns if name not in REQUIRED and name not in PARAMETERS]
+        unknown = [name for name in columns if name not in REQUIRED and name not in COLUMNS]
         if unknown:
-            raise ValueError(f"{path.name} has unknown column(s) {', '.join(unknown)}; besides video, audio and output, columns are the model's inputs: {', '.join(PARAMETERS)}.")
+            raise ValueError(f"{path.name} has unknown column(s) {', '.join(unknown)}; besides video, audio and output, columns are the model's inputs: {', '.join(COLUMNS)}.")
         return [_row(number, {key.strip(): (value or "").strip() for key, value in record.items() if key}) for number, record in enumerate(reader, 1)]
 
 
 def _row(number: int, record: dict) -> Row:
-    row = Row(number, record["video"], record["audio"], record["output"])
+    row = Row(number, record["video"], record["audio"], record["output"], segments=record.get("segments") or None)
     try:
-        if not (row.video and row.audio and row.output):
-            raise ValueError("video, audio and output must not be empty.")
-        row.params = {name: _typed(name, text) for name, text in record.items() if name in PARAMETERS and text != ""}
+        if not (row.video and row.output and (row.audio or row.segments)):
+            raise ValueError("video, audio and output must not be empty (audio may be, with segments that each have their own).")
+        row.params = {name: _typed(name, text) for name, text in record.items() if name in COLUMNS and name != "segments" and text != ""}
         validate(row.params)
     except ValueError as error:
         row.error = str(error)
@@ -119,7 +122,7 @@ def submit_rows(client, rows: list[Row], concurrency: int = 4) -> list[RowResult
         if row.error:
             return RowResult(row.number, "failed", row.output, one_sentence(row.error), row.video, row.audio)
         try:
-            job = client.submit(row.video, row.audio, **row.params)
+            job = client.submit(row.video, row.audio or None, segments=row.segments, **row.params)
         except (ValueError, OSError) as error:
             return RowResult(row.number, "failed", row.output, one_sentence(str(error)), row.video, row.audio)
         if job.status == "succeeded":
@@ -137,13 +140,13 @@ def run_row(client, row: Row) -> RowResult:
     try:
         if row.error:
             raise ValueError(row.error)
-        key = client.job_key(row.video, row.audio, row.params)
+        key = client.job_key(row.video, row.audio or None, row.params, row.segments)
         result.job = key
         job = client.store.get(key)
         if job is not None and job.status == "succeeded" and _holds(Path(row.output), job.output_path):
             result.status = "skipped"
         else:
-            run = client.run(row.video, row.audio, **row.params)
+            run = client.run(row.video, row.audio or None, segments=row.segments, **row.params)
             place(run.path, Path(row.output))
             job, result.status = run.job, "done"
         result.server, result.attempts = job.server or "", job.attempts
@@ -156,6 +159,49 @@ def run_row(client, row: Row) -> RowResult:
         result.reason = one_sentence(str(error))
     result.seconds = round(time.time() - started, 2)
     return result
+
+
+def plan_rows(client, rows: list[Row], concurrency: int = 4) -> list[tuple[Row, dict | None, str]]:
+    """Every row's plan (`LipSyncClient.plan`, `concurrency` at a time), or why it has none."""
+
+    def plan(row: Row) -> tuple[Row, dict | None, str]:
+        try:
+            if row.error:
+                raise ValueError(row.error)
+            return row, client.plan(row.video, row.audio or None, segments=row.segments, **row.params), ""
+        except LipSyncError as error:
+            return row, None, one_sentence(error.job.error if error.job is not None and error.job.error else str(error))
+        except (ValueError, OSError, TimeoutError) as error:
+            return row, None, one_sentence(str(error))
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(pool.map(plan, rows))
+
+
+def plans_summary(planned: list[tuple[Row, dict | None, str]]) -> str:
+    """A table of the rows' plans (frames to regenerate, windows, estimated GPU seconds at the
+    rows' model version) and the totals, with the estimate's label."""
+    lines = [("row", "output", "frames", "windows", "GPU s", "")]
+    totals, versions, basis = {"frames": 0, "windows": 0, "seconds": 0.0}, {}, set()
+    for row, plan, reason in planned:
+        if plan is None:
+            lines.append((str(row.number), row.output, "", "", "", f"no plan: {reason}"))
+            continue
+        priced = plan["estimate"]
+        seconds = priced["gpu_seconds"] or 0.0
+        lines.append((str(row.number), row.output, f"{plan['frames_generated']}/{plan['frames']}", str(plan["windows"]), f"{seconds:.2f}", f"version {priced['version']}"))
+        totals["frames"] += plan["frames_generated"]
+        totals["windows"] += plan["windows"]
+        totals["seconds"] += seconds
+        for name, row_estimate in priced["by_version"].items():
+            versions[name] = versions.get(name, 0.0) + row_estimate["gpu_seconds"]
+        basis.add("measured" if priced["basis"].startswith("measured") else "estimate")
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    table = ["  ".join(line[i].ljust(widths[i]) for i in range(5)) + "  " + line[5] for line in lines]
+    label = "measured rates" if basis == {"measured"} else "estimated rates, not measured"
+    table.append(f"total: {totals['frames']} frames to regenerate in {totals['windows']} windows, {totals['seconds']:.2f} GPU s of denoising "
+                 f"({label}; at {' / '.join(versions)}: {' / '.join(f'{seconds:.2f}' for seconds in versions.values())} s)")
+    return "\n".join(line.rstrip() for line in table)
 
 
 def _holds(output: Path, job_output: str | None) -> bool:

@@ -1,8 +1,8 @@
 """LipSyncClient: run the lip-sync model on Replicate or on your own GPUs, safely and cheaply,
 with the same calls.
 
-- Idempotent: a job key (content hashes of video and audio, normalised parameters, model) maps to
-  one prediction; a repeat of a finished job returns the stored result without a request, a
+- Idempotent: a job key (content hashes of video and audio, normalised parameters, segments with
+  their audio's content hashes, model) maps to one prediction; a repeat of a finished job returns the stored result without a request, a
   repeat of a running one returns the same job, and concurrent identical submits (threads or
   processes) create exactly one prediction. Failed or canceled jobs are retried on the next
   submit.
@@ -29,7 +29,8 @@ from .. import config
 from ..files import sha256_of
 from .jobs import WAITING, Job, is_live
 from .params import validate
-from .inputs import is_url, local_file
+from ..segments import SegmentError, name
+from .inputs import is_url, job_segments, local_file
 from .replicate_api import ReplicateBackend
 from .redis_store import RedisStore
 from .store import CLAIM_TTL_S, SQLiteStore
@@ -115,13 +116,22 @@ class LipSyncClient:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def job_key(self, video, audio, params: dict) -> str:
-        """sha256 over the inputs' content, the normalised parameters and the model."""
-        payload = {"video": _content_id(video), "audio": _content_id(audio), "params": validate(params), "model": self.backend.model_id}
+    def job_key(self, video, audio, params: dict, segments=None) -> str:
+        """sha256 over the inputs' content, the normalised parameters, the segments (their own audio
+        by content) and the model."""
+        payload = {"video": _content_id(video), "audio": _content_id(audio) if audio is not None else None, "params": validate(params),
+                   "model": self.backend.model_id}
+        segments = job_segments(segments)
+        if segments:  # jobs without segments keep the keys they always had
+            payload["segments"] = [_segment_id(segment) for segment in segments]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def submit(self, video, audio, webhook: str | None = None, wait: int | bool = False, **params) -> Job:
+    def submit(self, video, audio=None, webhook: str | None = None, wait: int | bool = False, segments=None, **params) -> Job:
         """Start (or find) the prediction for these inputs. Returns its job at once.
+
+        `segments` (a list of {start, end, audio, ...}, JSON text, or a JSON file: see
+        `latentsync.segments`) re-make only those time ranges, each segment's audio a local file
+        (uploaded like the video) or a URL; `audio` is then needed only by segments without one.
 
         With `webhook`, the finished prediction is posted there (events: completed), by Replicate
         or by the self-hosted worker that ran it (signed with $LATENTSYNC_WEBHOOK_SECRET); `wait`
@@ -130,7 +140,7 @@ class LipSyncClient:
         """
         if webhook and not str(webhook).startswith(("https://", "http://")):
             raise ValueError(f"A webhook must be an http(s) URL, got {webhook!r}.")
-        key, make_inputs = self._prepare(video, audio, params)
+        key, make_inputs = self._prepare(video, audio, params, segments)
         return self._start(key, make_inputs, webhook, wait)
 
     def get(self, job: Job) -> Job:
@@ -163,17 +173,21 @@ class LipSyncClient:
             return job
         return self.backend.cancel(job)
 
-    def run(self, video, audio, timeout: float | None = None, **params) -> RunResult:
-        """Lip-sync and wait (Replicate: its sync mode first, then polling). Returns the downloaded video."""
-        key, make_inputs = self._prepare(video, audio, params)
-        job = self._start(key, make_inputs, wait=60)
-        if not job.finished:
-            job = self.wait(job, timeout, make_inputs)
-        if job.status != "succeeded":
-            raise LipSyncError(f"Job {job.key[:12]} {job.status}: {job.error or 'no error message'}", job)
+    def run(self, video, audio=None, timeout: float | None = None, segments=None, **params) -> RunResult:
+        """Lip-sync and wait (Replicate: its sync mode first, then polling). Returns the downloaded
+        video. `segments` as for `submit`."""
+        job = self._finished(*self._prepare(video, audio, params, segments), timeout)
         path = self._download(job)
         prediction = {"id": job.prediction_id, "status": job.status, "output": job.output_url, "input": job.input}
         return RunResult(path, prediction, self.store.get(job.key))
+
+    def plan(self, video, audio=None, timeout: float | None = None, segments=None, **params) -> dict:
+        """What the job these arguments describe would do, from the model without running it
+        (plan_only): the spans it would regenerate or pass through and why, the windows, and
+        the estimated GPU seconds (`plan["estimate"]`). A plan is a job of its own, cheap to
+        run and answered from the store when asked again."""
+        job = self._finished(*self._prepare(video, audio, {**params, "plan_only": True}, segments, planning=True), timeout)
+        return json.loads(self._download(job).read_text())
 
     def webhook_secret(self) -> str:
         """The Replicate account's webhook signing secret (whsec_...), fetched once."""
@@ -181,11 +195,36 @@ class LipSyncClient:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _prepare(self, video, audio, params: dict):
+    def _prepare(self, video, audio, params: dict, segments=None, planning: bool = False):
         """The job key, and how to make the prediction's inputs (uploads or URLs) when needed."""
-        normalised = validate(params)
-        key = self.job_key(video, audio, normalised)
-        return key, lambda: {"video": self.backend.input_ref(video), "audio": self.backend.input_ref(audio), **normalised}
+        if params.get("plan_only") and not planning:
+            raise ValueError("plan_only asks for the plan instead of the video: call plan() (`plan` on the command line).")
+        normalised, segments = validate(params), job_segments(segments)
+        if audio is None and not segments:
+            raise ValueError("An audio input is needed (or segments that each have an audio of their own).")
+        silent = next((index for index, segment in enumerate(segments) if audio is None and not segment.own_audio), None)
+        if silent is not None:
+            raise SegmentError(f"{name(silent, segments[silent])} has no audio of its own and the job has none: give it an audio, or give the job one.")
+        key = self.job_key(video, audio, normalised, segments)
+
+        def make_inputs() -> dict:
+            inputs = {"video": self.backend.input_ref(video), **({"audio": self.backend.input_ref(audio)} if audio is not None else {}), **normalised}
+            if segments:  # the model's form: each segment names its file by its index in segment_audio
+                files = list(dict.fromkeys(segment.audio for segment in segments if segment.own_audio))
+                listing = [segment.to_dict() | ({"audio": files.index(segment.audio)} if segment.own_audio else {}) for segment in segments]
+                inputs.update(segments=json.dumps(listing), segment_audio=[self.backend.input_ref(path) for path in files])
+            return inputs
+
+        return key, make_inputs
+
+    def _finished(self, key: str, make_inputs, timeout: float | None) -> Job:
+        """The job of `key`, started if need be and waited for; LipSyncError unless it succeeded."""
+        job = self._start(key, make_inputs, wait=60)
+        if not job.finished:
+            job = self.wait(job, timeout, make_inputs)
+        if job.status != "succeeded":
+            raise LipSyncError(f"Job {job.key[:12]} {job.status}: {job.error or 'no error message'}", job)
+        return job
 
     def _start(self, key: str, make_inputs, webhook=None, wait=False) -> Job:
         """The job of `key` if it is done or under way; else claim it and start its prediction.
@@ -222,7 +261,7 @@ class LipSyncClient:
         if not job.output_url:
             raise LipSyncError(f"Job {job.key[:12]} succeeded without an output (its upload did not arrive).", job)
         self.output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = self.output_dir / f"{job.key[:32]}.mp4"
+        target = self.output_dir / f"{job.key[:32]}{'.json' if (job.input or {}).get('plan_only') else '.mp4'}"  # a plan, or the video
         handle, partial = tempfile.mkstemp(dir=self.output_dir, suffix=".part")
         os.close(handle)
         try:
@@ -241,3 +280,9 @@ def _content_id(source) -> str:
     if is_url(source):
         return "url:" + hashlib.sha256(str(source).encode()).hexdigest()
     return sha256_of(local_file(source))
+
+
+def _segment_id(segment) -> dict:
+    """A segment as the job key holds it: numbers by value, its own audio by content."""
+    numbers = {key: (int(value) if key == "inference_steps" else float(value)) for key, value in segment.to_dict().items() if key != "audio"}
+    return numbers | ({"audio": _content_id(segment.audio)} if segment.own_audio else {})

@@ -126,14 +126,15 @@ class FrameReader:
             raise IndexError(f"frame {index} is past the end of the video")
 
 
-def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE, max_seconds: float | None = None, role: str | None = "audio") -> np.ndarray:
+def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE, max_seconds: float | None = None, role: str | None = "audio", channels: int = 1) -> np.ndarray:
     """Decode the audio of any accepted file (audio, or a video's audio track) to mono float32
     samples in [-1, 1] at `sample_rate`.
 
     The ffmpeg command and int16 scaling are Whisper's own `load_audio`, so features computed from
     these samples equal those the official code computes from the file. With `max_seconds`,
     decoding stops just past the limit and audio longer than that raises AudioError, whatever
-    the file's header declares.
+    the file's header declares. With `channels` > 1 the samples come as (n, channels), mixed or
+    spread by ffmpeg's channel layouts.
     """
     path = Path(path)
     try:
@@ -145,7 +146,7 @@ def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE, max_seconds: float | 
     cut = ["-t", f"{max_seconds + 1.0:.6f}"] if max_seconds is not None else []
     command = [
         "ffmpeg", *QUIET, "-threads", "0", *input_args(path, info.demuxer),
-        *cut, "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sample_rate), "-",
+        *cut, "-f", "s16le", "-ac", str(channels), "-acodec", "pcm_s16le", "-ar", str(sample_rate), "-",
     ]
     seconds = min(info.audio_duration, max_seconds) if max_seconds is not None else info.audio_duration
     result = run(command, timeout=time_limit(seconds), role=role, path=path)
@@ -154,10 +155,10 @@ def load_audio(path, sample_rate: int = AUDIO_SAMPLE_RATE, max_seconds: float | 
             f"{subject(role, path)} cannot be decoded ({reason(result.stderr, [path])}); "
             f"pass an audio file ({AUDIO_FORMATS}) or a video with an audio track."
         )
-    if max_seconds is not None and len(result.stdout) // 2 > round(max_seconds * sample_rate):
+    if max_seconds is not None and len(result.stdout) // (2 * channels) > round(max_seconds * sample_rate):
         raise AudioError(f"{subject(role, path)} holds more than {format_length(max_seconds)} of audio, the limit; split it into parts.")
     samples = np.frombuffer(result.stdout, np.int16).astype(np.float32)
     samples /= 32768.0  # in place: long audio is tens of megabytes
     if samples.size == 0:
         raise AudioError(f"{subject(role, path)} contains no audio samples (zero length); pass a file with sound in it.")
-    return samples
+    return samples if channels == 1 else samples.reshape(-1, channels)

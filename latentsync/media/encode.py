@@ -17,35 +17,63 @@ class VideoWriter:
     error the partial files are removed. The encoded video waits in `work_dir` (default: next to
     `path`) until the audio is added. Audio from `audio_path` keeps its sample rate and channels
     and is cut or padded with silence to the video's length (frames written / fps).
+
+    With `cuts` (frame indices), the encoder starts afresh at each: the frames between two cuts
+    are encoded by a process of their own and the parts joined without re-encoding. No reference,
+    rate control or look-ahead crosses a cut, so the frames on one side encode the same whatever
+    the other side holds (a job with segments: outside them, exactly the encode of the source).
     """
 
-    def __init__(self, path, width: int, height: int, fps: float, audio_path=None, crf: int = 18, work_dir=None):
+    def __init__(self, path, width: int, height: int, fps: float, audio_path=None, crf: int = 18, work_dir=None, cuts=()):
         self.path = Path(path)
         self.work_dir = Path(work_dir) if work_dir else self.path.parent  # for the video-only intermediate
         self.width, self.height, self.fps = width, height, fps
         self.audio_path = audio_path
         self.crf = crf
+        self.cuts = {cut for cut in cuts if cut > 0}
         self.frames_written = 0
         self._process = None
+        self._parts: list[Path] = []  # with cuts: each part's video, joined into `_video_only` at the end
         self._time_per_frame = time_limit(1 / fps, width, height, fps) - time_limit(0)  # the encoder's budget grows by this
 
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".video.mp4", dir=self.work_dir)
+        self._video_only = self._temporary(".video.mp4")
+        self._start_encoder()
+        return self
+
+    def _temporary(self, suffix: str) -> Path:
+        handle, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=suffix, dir=self.work_dir)
         os.close(handle)
-        self._video_only = Path(partial)
+        return Path(partial)
+
+    def _start_encoder(self) -> None:
+        """An encoder for the frames from here to the next cut (without cuts: the whole video)."""
+        target = self._video_only
+        if self.cuts:
+            target = self._temporary(f".part{len(self._parts)}.mp4")
+            self._parts.append(target)
         command = [
             "ffmpeg", *QUIET, "-y",
             "-protocol_whitelist", "pipe", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps), "-i", "pipe:",
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",  # yuv420p needs even sizes: one black row/column for odd ones
-            "-c:v", "libx264", "-crf", str(self.crf), "-preset", "medium", "-pix_fmt", "yuv420p", "-f", "mp4", file_url(self._video_only),
+            "-c:v", "libx264", "-crf", str(self.crf), "-preset", "medium", "-pix_fmt", "yuv420p", "-f", "mp4", file_url(target),
         ]
         self._process = Process(command, time_limit(0), stdin=True)
-        return self
+
+    def _finish_encoder(self) -> None:
+        try:
+            if self._process.finish() != 0:
+                raise MediaError(f"Encoding {self.path.name} failed: {self._stderr()}")
+        finally:
+            self._process.close()
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"Frame must be uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}.")
+        if self.frames_written in self.cuts:
+            self._finish_encoder()
+            self._start_encoder()
         self._process.extend(self._time_per_frame)
         try:
             self._process.write(np.ascontiguousarray(frame).data)
@@ -57,14 +85,28 @@ class VideoWriter:
         try:
             if exc_type is not None:
                 return
-            if self._process.finish() != 0:
-                raise MediaError(f"Encoding {self.path.name} failed: {self._stderr()}")
+            self._finish_encoder()
             if self.frames_written == 0:
                 raise MediaError("No frames were written.")
+            if self._parts:
+                self._join_parts()
             self._mux()
         finally:
             self._process.close()
-            self._video_only.unlink(missing_ok=True)
+            for path in (self._video_only, *self._parts):
+                path.unlink(missing_ok=True)
+
+    def _join_parts(self) -> None:
+        """The parts, one after the other, into the video-only file (the concat demuxer, on a list
+        of our own files, copying)."""
+        listing = self._temporary(".parts.txt")
+        self._parts.append(listing)  # removed with them
+        quoted = (str(part.resolve()).replace("'", "'\\''") for part in self._parts[:-1])  # the concat list's quoting
+        listing.write_text("".join(f"file '{path}'\n" for path in quoted))
+        command = ["ffmpeg", *QUIET, "-y", "-f", "concat", "-safe", "0", "-i", file_url(listing), "-c", "copy", "-f", "mp4", file_url(self._video_only)]
+        result = run(command, timeout=time_limit(self.frames_written / self.fps))
+        if result.returncode != 0:
+            raise MediaError(f"Joining the encoded parts of {self.path.name} failed: {reason(result.stderr, [listing, self._video_only])}")
 
     def _mux(self) -> None:
         """Add the audio (copied when it is AAC that only needs cutting, else AAC-encoded) and

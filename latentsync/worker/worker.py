@@ -184,24 +184,30 @@ class Worker:
     # ---- files -------------------------------------------------------------------------------
 
     def _cog_inputs(self, job: Job) -> dict:
-        """The job's input for Cog: storage files fetched and offered on the loopback, URLs as they are."""
+        """The job's input for Cog: storage files fetched and offered on the loopback, URLs as they
+        are; the files are the video, the audio and each of segment_audio."""
         inputs = dict(job.input or {})
         for role in ("video", "audio"):
-            source = str(inputs.get(role) or "")
-            if source.startswith("data:"):
-                continue
-            if is_url(source):
-                if _local_host(urlsplit(source).hostname):
-                    raise ValueError(f"The {role} input's URL points at the worker's own machine, which is refused.")
-                continue
-            name = self.storage.name_of(source)  # ValueError if it is not this worker's storage
-            local = self.inputs / name.split("/", 1)[1]
-            if local.is_file():
-                os.utime(local)
-            else:
-                self.storage.download(source, local)
-            inputs[role] = self.files.offer(local, local.name)
+            if inputs.get(role):
+                inputs[role] = self._cog_file(role, str(inputs[role]))
+        if isinstance(inputs.get("segment_audio"), list):
+            inputs["segment_audio"] = [self._cog_file(f"segment_audio {index}", str(source)) for index, source in enumerate(inputs["segment_audio"])]
         return inputs
+
+    def _cog_file(self, role: str, source: str) -> str:
+        if source.startswith("data:"):
+            return source
+        if is_url(source):
+            if _local_host(urlsplit(source).hostname):
+                raise ValueError(f"The {role} input's URL points at the worker's own machine, which is refused.")
+            return source
+        name = self.storage.name_of(source)  # ValueError if it is not this worker's storage
+        local = self.inputs / name.split("/", 1)[1]
+        if local.is_file():
+            os.utime(local)
+        else:
+            self.storage.download(source, local)
+        return self.files.offer(local, local.name)
 
     def _keep_recent_inputs(self) -> None:
         kept = sorted(self.inputs.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)
