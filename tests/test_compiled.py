@@ -94,12 +94,12 @@ def test_compiled_jobs_make_no_graph_after_setup_and_the_frames_of_eager_ones(me
         first = first or pipeline
 
     # Memory recovery: the guidance batch "does not fit", so each window runs as two passes.
-    first.denoiser = out_of_memory_for_the_whole_guidance_batch
+    first.models.denoiser = out_of_memory_for_the_whole_guidance_batch
     before = graphs_made()
     output = folder / "recovered.mp4"
     report = first(video, audio, output, dataclasses.replace(JOBS[1][1], guidance_scale=1.5)).report
     assert graphs_made() == before and report.frames_generated == 35 and report.failed_windows == 0
-    first.denoiser = denoise_windows
+    first.models.denoiser = denoise_windows
 
     # A second version, loaded later as ModelVersions.get does: its own graphs at setup, then none.
     files = dataclasses.replace(small_unet, resolution=OTHER_RESOLUTION)
