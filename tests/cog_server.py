@@ -103,6 +103,17 @@ def _wait_ready(server: CogServer, deadline: float) -> None:
     assert status == "READY", (server.folder / "server.log").read_text()[-3000:]
 
 
+def ready_again(client: httpx.Client, within_s: float = 15.0) -> bool:
+    """The server says READY again within `within_s`: it reports BUSY for a moment after
+    answering a prediction (most visibly one that failed at once) while it frees the slot."""
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        if client.get("/health-check").json()["status"] == "READY":
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @functools.cache
 def write_schema() -> None:
     """.cog/openapi_schema.json for predict.py, once per test session (5 s: it imports the predictor)."""

@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from latentsync.config import REPO_ROOT
 from latentsync.media.probe import probe
 from scripts.lock_image import ONNXRUNTIME_GPU
-from tests.cog_server import data_uri, running_cog_server
+from tests.cog_server import data_uri, ready_again, running_cog_server
 from tests.faults import CUDA_ERROR, FAULT_FILE_VARIABLE
 from tests.http_fixtures import FileServer
 from tests.media import small_clip, speech
@@ -113,7 +113,7 @@ def test_out_of_range_inputs_are_rejected_and_the_server_keeps_serving(server, m
     assert response.status_code == 422
     [problem] = response.json()["detail"]  # one sentence on the one input, before the predictor runs
     assert problem["loc"][-1] == next(iter(bad)) and "\n" not in problem["msg"]
-    assert client.get("/health-check").json()["status"] == "READY"
+    assert ready_again(client)
 
 
 def test_options_are_checked_before_the_files_are_read(server, media, tmp_path):
@@ -126,7 +126,7 @@ def test_options_are_checked_before_the_files_are_read(server, media, tmp_path):
     body = predict(client, video=data_uri(broken, "video/mp4"), audio=data_uri(audio, "audio/wav"), speaker_point="nan,nan").json()
     assert body["status"] == "failed"
     assert body["error"].endswith("speaker_point must be 'x,y' or 'x,y,frame' (pixels, frame number), got 'nan,nan'.")
-    assert client.get("/health-check").json()["status"] == "READY"
+    assert ready_again(client)
 
 
 @pytest.mark.parametrize("number", ['"guidance_scale": NaN', '"min_sync_confidence": NaN', '"seed": Infinity', '"seed": -Infinity'])
@@ -139,7 +139,7 @@ def test_numbers_that_are_not_numbers_are_refused_before_the_predictor_runs(serv
     response = client.post("/predictions", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422) and number.split(":")[0].strip('"') in response.text
     assert len(re.findall("Starting prediction", (folder / "server.log").read_text())) == predictions  # no prediction started
-    assert client.get("/health-check").json()["status"] == "READY"
+    assert ready_again(client)
 
 
 def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_path):
@@ -168,7 +168,7 @@ def test_a_device_error_fails_the_prediction_with_its_sentence_and_the_next_one_
         fault.unlink()
     assert body["status"] == "failed" and body.get("output") is None
     assert body["error"].endswith(f"The model failed on the CPU while denoising 0.00-0.64 s: RuntimeError: {CUDA_ERROR}")
-    assert client.get("/health-check").json()["status"] == "READY"
+    assert ready_again(client)
     again = predict(client, **inputs).json()
     assert again["status"] == "succeeded" and again["metrics"]["failed_windows"] == 0, again.get("error")
 
@@ -218,10 +218,7 @@ def test_a_bad_segment_list_fails_with_its_sentence_and_the_server_keeps_serving
     body = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav"), segments=listing,
                    segment_audio=[data_uri(audio, "audio/wav")] * files).json()
     assert body["status"] == "failed" and message in body["error"] and "/tmp" not in body["error"]
-    deadline = time.time() + 30  # Cog frees the slot of a prediction that failed at once a moment after answering
-    while client.get("/health-check").json()["status"] != "READY" and time.time() < deadline:
-        time.sleep(0.1)
-    assert client.get("/health-check").json()["status"] == "READY"
+    assert ready_again(client)
 
 
 LIBRARY_NOISE = ("HTTP Request", "GetPrototype", "XNNPACK", "Feedback manager", "accelerate", "InitializeLog", "%|")

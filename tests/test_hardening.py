@@ -32,7 +32,7 @@ from latentsync.media.probe import MediaError, probe
 from scripts import make_corpus
 from scripts.make_corpus import CASES, HOSTILE, build
 from tests.app_server import json_with_nan, private_endpoint
-from tests.cog_server import data_uri, running_cog_server
+from tests.cog_server import data_uri, ready_again, running_cog_server
 from tests.http_fixtures import FileServer
 from tests.media import ffmpeg, frames, psnr, small_clip, speech, tiny_pipeline
 
@@ -45,16 +45,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline():
     return tiny_pipeline()
-
-
-def serving(client, within_s: float = 15.0) -> bool:
-    """The server is READY again (it reports BUSY while it finishes the previous prediction)."""
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        if client.get("/health-check").json()["status"] == "READY":
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def error_sentence(body: dict) -> str:
@@ -167,7 +157,7 @@ def test_audio_holding_more_than_the_service_limit_is_cut_off_through_the_cog_se
     body = client.post("/predictions", json={"input": {"video": data_uri(corpus / "face1.mp4"), "audio": data_uri(long_audio)}}).json()
     assert body["status"] == "failed" and time.time() - started < 60
     assert error_sentence(body) == "The audio input holds more than 10 minutes of audio, the limit; split it into parts."
-    assert serving(client)
+    assert ready_again(client)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +203,7 @@ def test_corpus_through_the_cog_server(case, corpus, server, tmp_path):
     else:
         body = response.json()
         assert body["status"] == "failed" and "404" in body["error"]
-    assert serving(client)
+    assert ready_again(client)
     assert not list((folder / "tmp").glob(f"{JOB_DIR_PREFIX}*"))
 
 
@@ -236,7 +226,7 @@ def test_hostile_cases_through_the_cog_server(case, corpus, corpus_files, server
     response = post_prediction(client, inputs)
     assert time.time() - started < 60
     check_prediction(case, response, corpus / case.video, tmp_path)
-    assert serving(client)
+    assert ready_again(client)
 
 
 @pytest.mark.parametrize("case", [case for case in HOSTILE if case.expect == "error"], ids=lambda case: case.name)
@@ -269,11 +259,11 @@ def test_urls_that_fail_or_hang_end_in_one_clear_error(server, corpus, hanging_u
     audio = data_uri(corpus / "speech1.wav")
     missing = client.post("/predictions", json={"input": {"video": f"{files.url}/missing.mp4", "audio": audio}}).json()
     assert missing["status"] == "failed" and "404" in missing["error"]
-    assert serving(client)  # Cog frees the slot of a failed input download a moment after answering
+    assert ready_again(client)  # Cog frees the slot of a failed input download a moment after answering
     started = time.time()
     hanging = client.post("/predictions", json={"input": {"video": hanging_url, "audio": audio}}).json()
     assert hanging["status"] == "failed" and "timed out" in hanging["error"] and time.time() - started < 60
-    assert serving(client)
+    assert ready_again(client)
 
 
 def media_processes() -> list[psutil.Process]:
