@@ -303,13 +303,13 @@ def job_section(steps: int, quick: bool, smoke: bool) -> dict:
 
     vae.encode, vae.decode = timed(vae.encode, "vae_s"), timed(vae.decode, "vae_s")
     use_cpu_for_frames(device)  # as LipsyncPipeline.from_files does
-    models = Models(
+    parts = Models(
         unet=unet, vae=vae, scheduler=load_scheduler(), audio_encoder=AudioEncoder(reference / "whisper_tiny_random.pt", device=str(device)),
         face_detector=create_detector(detector, model_root=insightface_root, device=str(device)),
         mask=load_training_mask(assets / "mask.png", resolution), resolution=resolution, denoiser=timed(denoise_windows, "model_s"),
         windows_per_batch=auto_windows_per_batch(unet, resolution),
     )
-    pipeline = LipsyncPipeline(models, version="1.6 architecture, random weights")
+    pipeline = LipsyncPipeline(parts, version="1.6 architecture, random weights")
     pipeline.self_test()  # as setup does: CUDA's first-call set-up stays out of the job's time
     spent.update(model_s=0.0, vae_s=0.0)
     seconds = 2 if smoke else 20 if quick else 60
