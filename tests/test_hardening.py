@@ -300,7 +300,7 @@ def test_a_cancelled_prediction_stops_its_ffmpeg_processes_and_the_server_serves
     assert writing(folder) and media_processes(), (folder / "server.log").read_text()[-3000:]
     assert client.post(f"/predictions/{prediction}/cancel").status_code == 200
     cancelled = time.time()
-    while (media_processes() or not serving(client, within_s=1)) and time.time() < cancelled + 60:
+    while (media_processes() or not ready_again(client, within_s=1)) and time.time() < cancelled + 60:
         time.sleep(0.2)
     stopped_s = time.time() - cancelled
     assert media_processes() == [] and stopped_s < 20, f"{len(media_processes())} ffmpeg/ffprobe left {stopped_s:.0f} s after the cancel"
