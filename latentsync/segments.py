@@ -235,7 +235,7 @@ def check_segments(segments: list[Segment], video_duration: float, audio_duratio
 
 
 def segment_ranges(segments: list[Segment], speech_seconds: list[float], fps: float, num_frames: int) -> list[SegmentRange]:
-    """The segments in output frames, for `planner.plan_job`.
+    """The segments in output frames, for `planner.PlanBuilder`.
 
     A frame belongs to the segment its centre falls in. `speech_seconds[i]` is how much of segment
     i has audio (its audio may end early): frames from there to the segment's end are silent.
