@@ -228,8 +228,9 @@ def gemm_section(smoke: bool) -> dict:
     return {"device": name, "dtype": str(dtype).removeprefix("torch."), "size": size, "tflops": round(2 * size**3 / median / 1e12, 4)}
 
 
-def version_section(version: str, steps: int, quick: bool, smoke: bool, dense: float) -> dict:
-    """The three execution models, DeepCache off and on, for one version."""
+def version_section(version: str, steps: int, quick: bool, smoke: bool, dense: float, progress=lambda rows: None) -> dict:
+    """The three execution models, DeepCache off and on, for one version; `progress(rows)` after
+    each row, so that a section cut short by its time limit keeps what it measured."""
     from latentsync.compiled_unet import CompiledUNet
     from latentsync.denoise import load_training_mask
     from latentsync.device import auto_windows_per_batch, with_fast_layout
@@ -247,6 +248,7 @@ def version_section(version: str, steps: int, quick: bool, smoke: bool, dense: f
     for deepcache in (False, True):
         seconds, peak = time_windows(unet, vae, mask, 1, resolution, steps, "official" if deepcache else None, repeats)
         rows[f"official, deepcache {'on' if deepcache else 'off'}"] = figures(seconds, 1, steps, flops, deepcache, vae_s, dense, peak)
+        progress(rows)
 
     # Ours, as shipped, then compiled.
     with_fast_layout(unet), with_fast_layout(vae)
@@ -255,13 +257,16 @@ def version_section(version: str, steps: int, quick: bool, smoke: bool, dense: f
     for deepcache in (False, True):
         seconds, peak = time_windows(unet, vae, mask, per_batch, resolution, steps, "ours" if deepcache else None, repeats)
         rows[f"ours eager, deepcache {'on' if deepcache else 'off'}"] = figures(seconds, per_batch, steps, flops, deepcache, vae_s, dense, peak)
+        progress(rows)
     compiled = CompiledUNet(unet, per_batch, backend="eager" if smoke else "inductor")
     tick = time.perf_counter()
     graphs = compiled.warm_up(resolution // 8)
     rows["compile_s"], rows["compiled_graphs"] = round(time.perf_counter() - tick, 1), graphs
+    progress(rows)
     for deepcache in (False, True):
         seconds, peak = time_windows(compiled, vae, mask, per_batch, resolution, steps, "ours" if deepcache else None, repeats)
         rows[f"ours compiled, deepcache {'on' if deepcache else 'off'}"] = figures(seconds, per_batch, steps, flops, deepcache, vae_s, dense, peak)
+        progress(rows)
 
     official = rows["official, deepcache on"]["gpu_seconds_per_output_second"]
     best = min(rows[f"ours {kind}, deepcache on"]["gpu_seconds_per_output_second"] for kind in ("eager", "compiled"))
@@ -338,43 +343,53 @@ def job_section(steps: int, quick: bool, smoke: bool) -> dict:
 
 
 def run_section(name: str, args, dense: float) -> dict:
-    """One section in a process of its own; its figures (an error raises)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "scripts.benchmark_gpu", "--section", name, "--out", out.name, "--steps", str(args.steps), "--dense", str(dense)]
+    """One section in a process of its own; its figures, with an "error" where it failed or ran
+    out of time (the rows it measured before are kept)."""
+    with tempfile.TemporaryDirectory() as folder:
+        # With --json the section's rows go beside it as they come: a run killed from outside keeps them too.
+        out = Path(args.json).with_name(f"section-{name}.json") if args.json else Path(folder) / "section.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        command = [sys.executable, "-m", "scripts.benchmark_gpu", "--section", name, "--out", str(out), "--steps", str(args.steps), "--dense", str(dense)]
         command += ["--quick"] * args.quick + ["--smoke"] * args.smoke
-        kind = "version" if name not in ("gemm", "job") else name
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=SECTION_TIMEOUT_S[kind])
-        figures = json.loads(Path(out.name).read_text() or "{}")
-    if done.returncode != 0 or "error" in figures:
-        raise RuntimeError(figures.get("error") or done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}")
+        limit = args.section_timeout or SECTION_TIMEOUT_S["version" if name not in ("gemm", "job") else name]
+        try:
+            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return {**json.loads(out.read_text() or "{}"), "error": f"the section ran past its {limit} s"}
+        figures = json.loads(out.read_text() or "{}")
+    if done.returncode != 0 and "error" not in figures:
+        stderr = done.stderr.strip()
+        figures["error"] = stderr.splitlines()[-1] if stderr else f"exit status {done.returncode}"
     return figures
 
 
 def section_main(args) -> int:
     """Inside a section's own process."""
+
+    def write(figures: dict) -> None:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+
     try:
         if args.section == "gemm":
             figures = gemm_section(args.smoke)
         elif args.section == "job":
             figures = job_section(args.steps, args.quick, args.smoke)
         else:
-            figures = version_section(args.section, args.steps, args.quick, args.smoke, args.dense)
+            figures = version_section(args.section, args.steps, args.quick, args.smoke, args.dense, progress=write)
     except Exception as error:
         traceback.print_exc()
-        figures = {"error": f"{type(error).__name__}: {error}"}
-    Path(args.out).write_text(json.dumps(figures, indent=2))
+        figures = {**json.loads(Path(args.out).read_text() or "{}"), "error": f"{type(error).__name__}: {error}"}
+    write(figures)
     return 1 if "error" in figures else 0
 
 
 def table_rows(results: dict) -> list[str]:
     """The figures as rows of a two-column markdown table (measurement | figure), a failed section
-    with its error; scripts/benchmark.py puts them in bench/benchmark.md."""
+    with what it measured and its error; scripts/benchmark.py puts them in bench/benchmark.md."""
     lines = [f"| dense fp16 GEMM, {results.get('device')} (this run) | {results.get('gemm', {}).get('tflops')} TFLOP/s |"]
     for version in results.get("versions", []):
         rows = results.get(version, {})
-        if "error" in rows:
-            lines.append(f"| {version}: not measured | {rows['error']} |")
-            continue
         for name, row in rows.items():
             if isinstance(row, dict):
                 share = f" ({100 * row['unet_share_of_dense_rate']:.0f}% of dense)" if row.get("unet_share_of_dense_rate") is not None else ""
@@ -383,8 +398,11 @@ def table_rows(results: dict) -> list[str]:
                     f"{row['gpu_seconds_per_output_second']} GPU s per output s (VAE {100 * row['vae_share_of_window']:.0f}%), "
                     f"U-Net {row['unet_tflops']} TFLOP/s{share}, peak VRAM {row['peak_vram_gb']} GB |"
                 )
-        lines.append(f"| {version}, best of ours / official (DeepCache on) | {rows['best_ours_over_official_deepcache_on']}x the GPU seconds "
-                     f"(compiling took {rows['compile_s']} s) |")
+        if "error" in rows:
+            lines.append(f"| {version}: {'cut short' if any(isinstance(row, dict) for row in rows.values()) else 'not measured'} | {rows['error']} |")
+        else:
+            lines.append(f"| {version}, best of ours / official (DeepCache on) | {rows['best_ours_over_official_deepcache_on']}x the GPU seconds "
+                         f"(compiling took {rows['compile_s']} s) |")
     job = results.get("job", {})
     if "error" in job:
         lines.append(f"| 1.6 whole job: not measured | {job['error']} |")
@@ -401,7 +419,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a 20 s job: the whole run in a few minutes")
     parser.add_argument("--smoke", action="store_true", help="every section on the CPU with the tiny models, 2 steps (checks the script; no figures)")
     parser.add_argument("--skip-job", action="store_true", help="leave out the whole job")
-    parser.add_argument("--json", default=None, help="write the figures here as they come")
+    parser.add_argument("--json", default=None, help="write the figures here as they come (each section's rows beside it)")
+    parser.add_argument("--section-timeout", type=int, default=None, help="seconds each section may run (default: 120 for gemm, 900 for the others)")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # inside a section's process
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--dense", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -419,7 +438,7 @@ def main(argv=None) -> int:
     results = {"torch": torch.__version__, "steps": args.steps, "versions": args.versions, "quick": args.quick, "smoke": args.smoke}
     with reporting("gemm", results, path):
         results["gemm"] = run_section("gemm", args, 0.0)
-        results["device"] = results["gemm"]["device"]
+        results["device"] = results["gemm"].get("device")
     dense = results["gemm"].get("tflops", 0.0)
     for version in args.versions:
         with reporting(version, results, path):

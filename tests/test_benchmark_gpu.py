@@ -24,6 +24,8 @@ def test_the_gpu_benchmark_runs_every_section_and_reports_a_failing_one(tmp_path
             row = rows[f"{model}, deepcache {deepcache}"]
             assert row["gpu_seconds_per_output_second"] == pytest.approx(row["seconds_per_window"] / 0.64, abs=0.002)
     assert rows["compiled_graphs"] == 4 and rows["best_ours_over_official_deepcache_on"] > 0
+    kept = json.loads((tmp_path / "section-tiny.json").read_text())  # each row, as it came: what a killed run leaves
+    assert kept == {key: value for key, value in rows.items() if key != "section_s"}
     job = results["job"]
     assert job["detector"] == "mediapipe" and job["frames_generated"] >= 0.9 * job["frames"] and job["model_s"] > 0
     assert "| 1.6 whole job, 2 s clip (mediapipe) |" in done.stdout and "| no-such-version: not measured |" in done.stdout  # the table, printed last
