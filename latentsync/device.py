@@ -14,10 +14,12 @@ import torch
 
 GiB = 1024**3
 OFFICIAL_VRAM_BYTES = {256: 8 * GiB, 512: 18 * GiB}  # published for LatentSync 1.5 / 1.6
-# GPU memory one window adds at half precision with guidance (activations, VAE), beyond the
-# weights. An ESTIMATE scaled from the official footprints, not a measurement:
-# `python -m scripts.benchmark --sections gpu` prints the measured peak per batch size.
-WINDOW_BYTES_ESTIMATE = {256: 2 * GiB, 512: 7 * GiB}
+# Peak GPU memory of a U-Net call of one window (weights included), and what each further window
+# adds, measured with torch.cuda.max_memory_allocated on an NVIDIA H200 (2026-12-04,
+# `python -m scripts.benchmark_gpu --quick`: float16, guidance, 20 steps, VAE included): 1.6 at
+# 512 px peaked at 15.87 GB with one window and 24.68 GB with two, 1.5 at 256 px at 6.04 and 8.25.
+ONE_WINDOW_PEAK_BYTES = {256: 6.04e9, 512: 15.87e9}
+EXTRA_WINDOW_BYTES = {256: 8.25e9 - 6.04e9, 512: 24.68e9 - 15.87e9}
 MAX_WINDOWS_PER_BATCH = 8
 
 
@@ -87,10 +89,15 @@ def auto_windows_per_batch(unet: torch.nn.Module, resolution: int) -> int:
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    weights = sum(p.numel() * p.element_size() for p in unet.parameters())
+    return windows_that_fit(resolution, free, weights=sum(p.numel() * p.element_size() for p in unet.parameters()))
+
+
+def windows_that_fit(resolution: int, free: int, weights: int) -> int:
+    """Windows per U-Net call whose measured peak stays within the official footprint and within
+    the `free` GPU memory left beside the `weights` already loaded; at least 1."""
     size = 256 if resolution <= 256 else 512
-    budget = min(free, OFFICIAL_VRAM_BYTES[size] - weights)
-    return max(1, min(MAX_WINDOWS_PER_BATCH, int(budget // WINDOW_BYTES_ESTIMATE[size])))
+    budget = min(OFFICIAL_VRAM_BYTES[size], free + weights)
+    return max(1, min(MAX_WINDOWS_PER_BATCH, 1 + int((budget - ONE_WINDOW_PEAK_BYTES[size]) // EXTRA_WINDOW_BYTES[size])))
 
 
 def with_fast_layout(model: torch.nn.Module) -> torch.nn.Module:

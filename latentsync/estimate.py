@@ -3,15 +3,15 @@ GPU rates, the estimate made from it, and a plan as text (`describe_plan`).
 
 The work is counted in window-steps (one 16-frame window through one denoising step), which is
 what the plan knows exactly; the rates turn it into seconds. Every rate says what it rests on
-(`basis`): "estimate" until `python -m scripts.benchmark_gpu` has measured it on the GPU named,
-then "measured" with the run's date. Only the U-Net's denoising is priced (the analysis, the VAE
+(`basis`): "measured" with the GPU and the date of the `python -m scripts.benchmark_gpu` run
+it comes from, or "estimate" for a rate no GPU has measured. Only the U-Net's denoising is priced (the analysis, the VAE
 and the encoder come on top, as seconds per minute of video rather than per window).
 """
 
 import math
 from dataclasses import dataclass
 
-REFERENCE_GPU = "NVIDIA H100 80GB (SXM)"
+REFERENCE_GPU = "NVIDIA H200"
 
 
 @dataclass(frozen=True)
@@ -23,16 +23,17 @@ class GpuRate:
     basis: str
 
 
-# ESTIMATES, not measurements: FLOP counts of one window-step with guidance (8.1 TFLOP at 256 px
-# for 1.5, 35.3 TFLOP at 512 px for 1.6; `scripts/benchmark_gpu.py` counts them) at ~400 TFLOP/s,
-# about 40% of the H100's dense fp16 rate. Replace them with its measured figures and relabel.
+# MEASURED on an NVIDIA H200 (2026-12-04, `python -m scripts.benchmark_gpu --quick`, PyTorch 2.11,
+# eager float16 with guidance, random weights in the released architectures): a 20-step window's
+# time less the VAE's share, per step. 1.6 at 512 px: 3.80 s per window, 90% of it the U-Net, one
+# window per call (as `device.windows_that_fit` runs it); 1.5 at 256 px: 0.99 s, 88%, two per call.
 RATES = {
-    "1.5": GpuRate(8.1 / 400, "estimate: 8.1 TFLOP per window-step at ~400 TFLOP/s (40% of an H100's dense fp16 rate), not measured"),
-    "1.6": GpuRate(35.3 / 400, "estimate: 35.3 TFLOP per window-step at ~400 TFLOP/s (40% of an H100's dense fp16 rate), not measured"),
+    "1.5": GpuRate(0.0438, "measured: NVIDIA H200, 2026-12-04, 0.99 s per 20-step window of which 88% the U-Net (scripts/benchmark_gpu.py)"),
+    "1.6": GpuRate(0.171, "measured: NVIDIA H200, 2026-12-04, 3.80 s per 20-step window of which 90% the U-Net (scripts/benchmark_gpu.py)"),
 }
-# DeepCache runs a full U-Net step every third step and a shallow one between: measured to save
-# 53% of the U-Net's time over 20 steps on the CPU (README, Benchmarks); taken as half on a GPU.
-DEEPCACHE_SHARE = 0.5
+# DeepCache runs a full U-Net step every third step and a shallow one between: in the same run the
+# U-Net's time with it was 0.43 of the time without, for both versions.
+DEEPCACHE_SHARE = 0.43
 # Guidance 1.0 turns classifier-free guidance off: one U-Net pass per step instead of two.
 NO_GUIDANCE_SHARE = 0.5
 

@@ -214,12 +214,14 @@ def markdown(results: dict) -> str:
     if gpu:
         lines += gpu_table_rows(gpu)
     else:
-        from latentsync.estimate import RATES
+        from latentsync.config import FRAMES_PER_WINDOW, MODEL_FPS
+        from latentsync.estimate import RATES, REFERENCE_GPU
 
-        window_s = 16 / 25  # output seconds one window covers
-        per_second = ", ".join(f"{version}: {rate.seconds_per_window_step * 20 / window_s:.1f}" for version, rate in RATES.items())
-        lines.append(f"| GPU seconds per output second, 20 steps, before DeepCache (latentsync.estimate.RATES: estimate, not measured) | {per_second} "
-                     "(one window-step is 8.1 TFLOP at 256 px and 35.3 at 512 px with guidance, at ~400 TFLOP/s, about 40% of an H100's dense fp16 rate) |")
+        window_s = FRAMES_PER_WINDOW / MODEL_FPS  # output seconds one window covers
+        per_second = ", ".join(f"{version}: {rate.seconds_per_window_step * 20 / window_s:.2f}" for version, rate in RATES.items())
+        bases = "; ".join(f"{version}: {rate.basis}" for version, rate in RATES.items())
+        lines.append(f"| U-Net GPU seconds per output second on an {REFERENCE_GPU}, 20 steps, before DeepCache (latentsync.estimate.RATES; "
+                     f"no GPU in this run) | {per_second} ({bases}) |")
     return "\n".join(lines) + "\n"
 
 

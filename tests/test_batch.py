@@ -102,6 +102,6 @@ def test_batch_plan_prints_every_rows_estimate_and_the_total_and_runs_nothing(fa
     total = sum(plan["estimate"]["gpu_seconds"] for plan in plans)
     lines = planned.stdout.splitlines()
     assert lines[-1].startswith(f"total: {sum(p['frames_generated'] for p in plans)} frames to regenerate in {sum(p['windows'] for p in plans)} windows, "
-                                f"{total:.2f} GPU s of denoising (estimated rates, not measured; at 1.5 / 1.6: ")
+                                f"{total:.2f} GPU s of denoising (measured rates; at 1.5 / 1.6: ")
     assert "no plan: video, audio and output must not be empty" in planned.stdout
     assert not any((tmp_path / name).exists() for name in ("a.mp4", "b.mp4", "c.mp4"))

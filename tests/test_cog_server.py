@@ -199,7 +199,7 @@ def test_plan_only_returns_the_plan_as_json_without_running_the_model(server, me
     assert body["output"].startswith("data:application/json;base64,")
     plan = json.loads(base64.b64decode(body["output"].split(",", 1)[1]))
     assert plan["kind"] == "plan" and plan["frames"] == 25 and plan["windows"] == body["metrics"]["windows_planned"] == 2
-    assert plan["estimate"]["version"] == "1.6" and plan["estimate"]["gpu_seconds"] > 0 and plan["estimate"]["basis"].startswith("estimate")
+    assert plan["estimate"]["version"] == "1.6" and plan["estimate"]["gpu_seconds"] > 0 and plan["estimate"]["basis"].startswith("measured: NVIDIA H200")
     assert not any(line.startswith("render ") for line in body["logs"].splitlines())  # analysed, not rendered
 
 

@@ -128,3 +128,13 @@ def test_float16_on_cuda_stays_close_to_float32_on_the_cpu(media):
     assert pipeline.models.unet.dtype == torch.float16
     difference = (faces["cpu"] - faces["cuda"]).norm() / faces["cpu"].norm()
     assert difference.item() < 0.05
+
+
+def test_windows_per_call_keep_the_measured_peak_within_the_official_footprint_and_free_memory():
+    from latentsync.device import windows_that_fit
+
+    weights = int(2.5e9)  # the U-Net in float16
+    assert windows_that_fit(512, free=int(77e9), weights=weights) == 1  # two windows peaked at 24.7 GB on an H200: over 1.6's 18 GB
+    assert windows_that_fit(256, free=int(77e9), weights=weights) == 2  # 8.25 GB: within 1.5's 8 GiB
+    assert windows_that_fit(256, free=int(5e9), weights=weights) == 1  # a smaller card: what is free bounds it
+    assert windows_that_fit(512, free=int(1e9), weights=weights) == 1  # never none

@@ -222,7 +222,7 @@ def test_dry_run_on_20_s_runs_no_unet_and_plans_what_the_run_does(tmp_path, refe
     printed = capsys.readouterr().out
     assert unet_calls == [] and not (tmp_path / "fixed.mp4").exists()
     plan = json.loads((tmp_path / "fixed.plan.json").read_text())
-    assert "Plan: " in printed and "GPU time for denoising (estimate, NVIDIA H100 80GB (SXM)): 1.5: " in printed and "segment 1: 14.00-15.20 s" in printed
+    assert "Plan: " in printed and "GPU time for denoising (measured, NVIDIA H200): 1.5: " in printed and "segment 1: 14.00-15.20 s" in printed
     assert plan["frames"] == 500 and plan["windows"] > 0 and (tmp_path / "fixed.plan.png").stat().st_size > 10_000
 
     assert cli(reference, assets, *common) == 0
