@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,13 +116,17 @@ class _Entry(NamedTuple):
 
 
 class ResultCache:
-    """Finished results by key, in folders under `root`, kept under `max_bytes` in total."""
+    """Finished results by key, in folders under `root`, kept under `max_bytes` in total and,
+    with `max_age_s`, no longer than that after their last use (an older entry is a miss, and
+    goes at the next insert)."""
 
-    def __init__(self, root, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, root, max_bytes: int = DEFAULT_MAX_BYTES, max_age_s: float | None = None):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}.")
+        if max_age_s is not None and max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive, got {max_age_s}.")
         self.root = Path(root)
-        self.max_bytes = max_bytes
+        self.max_bytes, self.max_age_s = max_bytes, max_age_s
         self.entries, self.work, self.locks = (self.root / name for name in ("entries", "work", "locks"))
         for folder in (self.entries, self.work, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,11 +144,11 @@ class ResultCache:
             raise ValueError(f"Cache key {key!r} must be 1-128 letters, digits, '_' or '-' (use cache_key()).")
         entry = self.entries / key
         with self._lock(key):
-            if _intact(entry):
+            if _intact(entry) and not self._expired((entry / MANIFEST).stat().st_mtime):
                 os.utime(entry / MANIFEST)  # now the most recently used
                 return CacheResult(entry, hit=True)
             if entry.exists():
-                self._discard(entry, key)  # broken or tampered with
+                self._discard(entry, key)  # broken, tampered with or expired
             self._produce_into(entry, key, produce)
         self._remove_abandoned_work()
         self._evict(newest=key)
@@ -166,8 +171,17 @@ class ResultCache:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def remove_expired(self) -> None:
+        """Delete the entries not used for longer than `max_age_s` (none without it)."""
+        if self.max_age_s is not None:
+            for e in self._complete_entries():
+                if self._expired(e.last_used):
+                    self._discard_unless_in_use(e.key)
+
     def _evict(self, newest: str) -> None:
-        """Delete entries, too-big ones first and then least recently used, until the cache fits."""
+        """Delete expired entries, then too-big ones and then the least recently used until the
+        cache fits."""
+        self.remove_expired()
         entries = self._complete_entries()
         total = sum(e.size for e in entries)
         for e in sorted(entries, key=lambda e: (e.size <= self.max_bytes, e.last_used)):
@@ -181,6 +195,9 @@ class ResultCache:
                 continue
             if self._discard_unless_in_use(e.key):
                 total -= e.size
+
+    def _expired(self, last_used: float) -> bool:
+        return self.max_age_s is not None and time.time() - last_used > self.max_age_s
 
     def _complete_entries(self) -> list[_Entry]:
         """Entries with a manifest whose file sizes check out (hashes are checked on hits only)."""

@@ -43,6 +43,7 @@ class ModelVersions:
         require_gpu_unless_allowed(self.device, allow_cpu())
         self.dtype = model_dtype(self.device)
         self.default_version = version
+        self.cache = cache  # every version's pipeline stores its results here
         files = ensure_weights(version, manifest=self.manifest)
         fetched = time.perf_counter()
         with native_stderr_captured():

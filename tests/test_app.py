@@ -2,12 +2,14 @@
 the real gradio_client: results, progress, the queue, the result cache, errors and cancelling."""
 
 import logging
+import os
 import re
 import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -18,8 +20,10 @@ from gradio_client.exceptions import AppError, AuthenticationError
 from gradio_client.utils import Status
 
 import latentsync.app.jobs as jobs_module
+from latentsync.app.__main__ import parse_args
 from latentsync.app.jobs import Jobs
 from latentsync.app.page import SERVER_ERROR, LipsyncPage, option_widget, told_in_one_sentence
+from latentsync.cache import ResultCache
 from latentsync.config import APP_BROWSERS_KEPT, APP_CHECKS_AT_ONCE, APP_MAX_QUEUE, PRESETS, SERVICE_INPUTS
 from latentsync.media.probe import MediaError, probe
 from latentsync.timeline import DPI, FIGURE_SIZE
@@ -387,6 +391,28 @@ def test_a_browser_id_the_page_did_not_make_is_replaced(app):
 def page(tmp_path):
     jobs = Jobs(models=None, data_dir=tmp_path, versions=("1.6",))
     return LipsyncPage(jobs, "1.6")
+
+
+def test_results_previews_and_cached_results_go_after_the_hours_kept(tmp_path):
+    keep_s, now = 2 * 3600, time.time()
+    cache = ResultCache(tmp_path / "cache", max_age_s=keep_s)
+    jobs = Jobs(models=SimpleNamespace(cache=cache), data_dir=tmp_path, versions=("1.6",), keep_s=keep_s)
+    aged = {jobs.results_dir / "old": 3 * 3600, jobs.results_dir / "new": 3600,
+            jobs.previews_dir / "old.m4a": 1.5 * 3600, jobs.previews_dir / "new.m4a": 600}  # a preview is played once: an hour at most
+    for path, age in aged.items():
+        path.mkdir() if path.suffix == "" else path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+    for key, age in (("old", 3 * 3600), ("new", 3600)):
+        cache.get_or_create(key, lambda folder: (folder / "out.mp4").write_bytes(b"video"))
+        os.utime(cache.entries / key / "entry.json", (now - age, now - age))
+    jobs.remove_old()
+    assert sorted(p.name for p in jobs.results_dir.iterdir()) == ["new"] and sorted(p.name for p in jobs.previews_dir.iterdir()) == ["new.m4a"]
+    assert sorted(p.name for p in cache.entries.iterdir()) == ["new"]
+    assert LipsyncPage(jobs, "1.6").build().delete_cache == (1800, keep_s)  # Gradio's copies of the uploads too, looked for every 30 min
+    assert parse_args(["--keep-hours", "0.5"]).keep_hours == 0.5
+    for refused in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--keep-hours", refused])
 
 
 def test_every_event_runs_a_bounded_number_at_once(page):

@@ -465,3 +465,29 @@ def test_an_entry_bigger_than_the_cap_is_returned_but_not_kept(tmp_path):
     assert entry_names(root) == ["huge", "small"]  # it pushed nothing out
     cache.get_or_create("next", producer([]))
     assert entry_names(root) == ["next", "small"]
+
+
+def test_entries_unused_for_longer_than_max_age_are_misses_and_removed(tmp_path):
+    root = tmp_path / "cache"
+    cache, calls = ResultCache(root, max_age_s=3600), []
+    for key in ("old", "recent", "reused"):
+        cache.get_or_create(key, producer(calls))
+    now = time.time()
+    last_used_at(cache, "old", now - 3700)
+    last_used_at(cache, "recent", now - 3500)
+    last_used_at(cache, "reused", now - 3500)
+    assert cache.get_or_create("reused", producer(calls)).hit  # a hit counts as a use: an hour more
+    cache.remove_expired()
+    assert entry_names(root) == ["recent", "reused"]
+    last_used_at(cache, "recent", now - 3700)
+    assert not cache.get_or_create("recent", producer(calls)).hit and len(calls) == 4  # expired: made again, not served
+    last_used_at(cache, "reused", now - 3700)
+    cache.get_or_create("new", producer(calls))  # an insert removes what expired meanwhile
+    assert entry_names(root) == ["new", "recent"]
+    forever = ResultCache(tmp_path / "forever")
+    forever.get_or_create("k", producer([]))
+    last_used_at(forever, "k", 0)
+    forever.remove_expired()
+    assert forever.get_or_create("k", producer([])).hit  # no max_age_s: only the size cap evicts
+    with pytest.raises(ValueError, match="max_age_s must be positive"):
+        ResultCache(tmp_path / "bad", max_age_s=0)

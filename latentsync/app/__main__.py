@@ -14,13 +14,14 @@ without one lets anyone run jobs on this machine: put it behind a reverse proxy 
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from starlette.middleware import Middleware
 
 from ..cache import ResultCache
-from ..config import APP_HOST, APP_MAX_QUEUE, APP_PORT, DEFAULT_APP_DIR, DEFAULT_VERSION, MAX_INPUT_BYTES, SERVICE_INPUTS, app_auth
+from ..config import APP_HOST, APP_KEEP_S, APP_MAX_QUEUE, APP_PORT, DEFAULT_APP_DIR, DEFAULT_VERSION, MAX_INPUT_BYTES, SERVICE_INPUTS, app_auth
 from ..logs import configure_logging
 from ..serving import ModelVersions
 from ..weights import WeightsError
@@ -44,11 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="a login (shows in the process list: prefer --auth-file or $LATENTSYNC_APP_AUTH)")
     parser.add_argument("--max-queue", type=int, default=APP_MAX_QUEUE, help=f"jobs that may wait for the model (default {APP_MAX_QUEUE}); more are told the queue is full")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_APP_DIR, help=f"results, result cache and job files (default {DEFAULT_APP_DIR})")
+    parser.add_argument("--keep-hours", type=float, default=APP_KEEP_S / 3600,
+                        help=f"hours the results, cached results and uploaded files are kept (default {APP_KEEP_S / 3600:g})")
     args = parser.parse_args(argv)
     if args.version not in args.versions:
         parser.error(f"--version {args.version} is not among --versions {','.join(args.versions)}")
     if args.max_queue < 1:
         parser.error("--max-queue must be at least 1")
+    if not 0 < args.keep_hours < math.inf:
+        parser.error("--keep-hours must be a positive number of hours")
     try:
         args.logins = logins(args)
     except (OSError, ValueError) as error:
@@ -85,11 +90,12 @@ def main(argv=None) -> int:
     if not args.logins and args.host not in LOCAL_HOSTS:
         logger.warning("serving %s without a login: anyone who reaches this port can run jobs (see --auth-file)", args.host)
     try:
-        models = ModelVersions(args.version, cache=ResultCache(args.data_dir / "cache"))
+        models = ModelVersions(args.version, cache=ResultCache(args.data_dir / "cache", max_age_s=args.keep_hours * 3600))
     except (WeightsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    jobs = Jobs(models, args.data_dir, args.versions)
+    jobs = Jobs(models, args.data_dir, args.versions, keep_s=args.keep_hours * 3600)
+    jobs.remove_old_while_serving()
     page = LipsyncPage(jobs, args.version).build()
     page.queue(default_concurrency_limit=1, max_size=args.max_queue)
     logger.info("serving the web app on http://%s:%d%s", args.host, args.port, " (login required)" if args.logins else "")

@@ -9,6 +9,7 @@ complete, so a failed or cancelled job leaves nothing behind.
 """
 
 import json
+import logging
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import place
-from ..config import APP_BROWSERS_KEPT, APP_RESULT_MAX_AGE_S, APP_RESULTS_PER_BROWSER, SERVICE_INPUTS
+from ..config import APP_BROWSERS_KEPT, APP_KEEP_S, APP_RESULTS_PER_BROWSER, SERVICE_INPUTS
 from ..media.ffmpeg import AUDIO_EXTENSIONS, AUDIO_FORMATS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VIDEO_FORMATS, input_args, run_ffmpeg, time_limit
 from ..media.splice import segment_audio_role
 from ..options import LipsyncOptions, options_from_inputs, validate_inputs
@@ -29,6 +30,7 @@ from ..timeline import save_timeline
 from ..validation import check_audio, check_inputs
 
 JOB_FILE = "job.json"
+logger = logging.getLogger("latentsync")
 PREVIEW_MAX_AGE_S = 3600  # speech previews are served once, right after they are made
 BROWSER_ID = re.compile(r"[0-9a-f]{32}")  # what `new_browser_id` makes; anything else a browser sends is replaced
 # What the upload boxes take (their `file_types`, checked again here: a client need not use the page).
@@ -61,17 +63,18 @@ class JobResult:
 
 class Jobs:
     """Runs jobs on `models` into `results_dir`, and remembers which browser asked for which.
-    `versions` are the model versions this server offers (all the service's, unless told)."""
+    `versions` are the model versions this server offers (all the service's, unless told);
+    results are removed `keep_s` after they were made."""
 
-    def __init__(self, models: ModelVersions, data_dir: Path, versions: tuple[str, ...] | None = None):
-        self.models = models
+    def __init__(self, models: ModelVersions, data_dir: Path, versions: tuple[str, ...] | None = None, keep_s: float = APP_KEEP_S):
+        self.models, self.keep_s = models, keep_s
         self.versions = tuple(versions or SERVICE_INPUTS["version"].choices)
         self.results_dir = Path(data_dir) / "results"
         self.previews_dir = Path(data_dir) / "previews"
         self.work_dir = Path(data_dir) / "work"
         for folder in (self.results_dir, self.previews_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self._results = OutputFolders(self.results_dir, APP_RESULT_MAX_AGE_S)
+        self._results = OutputFolders(self.results_dir, keep_s)
         self._by_browser = Recent(APP_BROWSERS_KEPT)  # browser id -> its job ids, oldest first
         self._lock = threading.Lock()
 
@@ -112,7 +115,7 @@ class Jobs:
         nothing else ever opens the upload. Raises ValueError (one sentence) for a bad upload."""
         check_upload_name(audio, "audio")
         info = check_audio(Path(audio))
-        remove_older_than(self.previews_dir, PREVIEW_MAX_AGE_S)
+        self.remove_old()
         preview = self.previews_dir / f"{uuid.uuid4().hex}.m4a"
         try:
             run_ffmpeg(*input_args(audio, info.demuxer), "-map", "0:a:0", "-vn", "-ac", "1", "-c:a", "aac", "-b:a", "64k", "-f", "mp4", preview,
@@ -129,7 +132,7 @@ class Jobs:
         `browser` (an id the page keeps in the browser), if given. The result cache answers
         only this `visitor`'s own repeats, so no one learns from it what someone else ran."""
         options, version, segments = self.check(video, audio, inputs, segment_audio)
-        self._results.remove_old()
+        self.remove_old()
         video, audio = Path(video), Path(audio) if audio else None
         job_id = uuid.uuid4().hex[:12]
         with self._results.new(job_id) as work:
@@ -147,6 +150,33 @@ class Jobs:
         if browser:
             self.remember(browser, job_id)
         return self.result(job_id)
+
+    @property
+    def sweep_period_s(self) -> float:
+        """How often what is older than `keep_s` is looked for (`remove_old`)."""
+        return min(3600, max(60, self.keep_s / 4))
+
+    def remove_old(self) -> None:
+        """Remove what is older than `keep_s`: finished results, speech previews (after an hour at
+        most: each is played once) and results the cache has not used since."""
+        self._results.remove_old()
+        remove_older_than(self.previews_dir, min(PREVIEW_MAX_AGE_S, self.keep_s))
+        if self.models is not None and self.models.cache is not None:
+            self.models.cache.remove_expired()
+
+    def remove_old_while_serving(self) -> None:
+        """`remove_old` every `sweep_period_s` on a thread of its own, so that nothing outlives
+        `keep_s` by more than that on a server no one uses."""
+
+        def sweep() -> None:
+            while True:
+                time.sleep(self.sweep_period_s)
+                try:
+                    self.remove_old()
+                except OSError:
+                    logger.exception("removing old results failed; trying again in %.0f s", self.sweep_period_s)
+
+        threading.Thread(target=sweep, daemon=True, name="remove-old").start()
 
     def remember(self, browser: str, job_id: str) -> None:
         """List `job_id` among `browser`'s results (its newest APP_RESULTS_PER_BROWSER are kept)."""

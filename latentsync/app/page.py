@@ -61,7 +61,9 @@ class LipsyncPage:
         self._browsers = Recent(APP_BROWSERS_KEPT)  # page session -> browser id (kept in the browser's storage)
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="LatentSync lip-sync", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
+        # Gradio's own copies of the uploads go after the same time as the results, looked for this often.
+        delete_cache = (round(self.jobs.sweep_period_s), round(self.jobs.keep_s))
+        with gr.Blocks(title="LatentSync lip-sync", analytics_enabled=False, delete_cache=delete_cache) as page:
             browser = gr.BrowserState(None, storage_key="latentsync-browser")
             gr.Markdown("## LatentSync lip-sync\nUpload a talking-head video and the speech it should say: "
                         "the same video comes back with only the mouth re-made. Jobs run one at a time.")
