@@ -117,8 +117,8 @@ class _Entry(NamedTuple):
 
 class ResultCache:
     """Finished results by key, in folders under `root`, kept under `max_bytes` in total and,
-    with `max_age_s`, no longer than that after their last use (an older entry is a miss, and
-    goes at the next insert)."""
+    with `max_age_s`, no longer than that after their last use (an older entry is a miss;
+    `remove_expired` and every insert delete such entries)."""
 
     def __init__(self, root, max_bytes: int = DEFAULT_MAX_BYTES, max_age_s: float | None = None):
         if max_bytes <= 0:
