@@ -173,16 +173,16 @@ class ResultCache:
 
     def remove_expired(self) -> None:
         """Delete the entries not used for longer than `max_age_s` (none without it)."""
-        if self.max_age_s is not None:
-            for e in self._complete_entries():
-                if self._expired(e.last_used):
-                    self._discard_unless_in_use(e.key)
+        self._without_expired(self._complete_entries())
+
+    def _without_expired(self, entries: list[_Entry]) -> list[_Entry]:
+        """`entries` less the expired ones, which are deleted (those not in use)."""
+        return [e for e in entries if not (self._expired(e.last_used) and self._discard_unless_in_use(e.key))]
 
     def _evict(self, newest: str) -> None:
         """Delete expired entries, then too-big ones and then the least recently used until the
         cache fits."""
-        self.remove_expired()
-        entries = self._complete_entries()
+        entries = self._without_expired(self._complete_entries())  # `newest` was just made: not expired
         total = sum(e.size for e in entries)
         for e in sorted(entries, key=lambda e: (e.size <= self.max_bytes, e.last_used)):
             if total <= self.max_bytes:

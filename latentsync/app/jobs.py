@@ -115,7 +115,7 @@ class Jobs:
         nothing else ever opens the upload. Raises ValueError (one sentence) for a bad upload."""
         check_upload_name(audio, "audio")
         info = check_audio(Path(audio))
-        self.remove_old()
+        self._remove_old_previews()
         preview = self.previews_dir / f"{uuid.uuid4().hex}.m4a"
         try:
             run_ffmpeg(*input_args(audio, info.demuxer), "-map", "0:a:0", "-vn", "-ac", "1", "-c:a", "aac", "-b:a", "64k", "-f", "mp4", preview,
@@ -132,7 +132,7 @@ class Jobs:
         `browser` (an id the page keeps in the browser), if given. The result cache answers
         only this `visitor`'s own repeats, so no one learns from it what someone else ran."""
         options, version, segments = self.check(video, audio, inputs, segment_audio)
-        self.remove_old()
+        self._results.remove_old()  # the cache removes its expired entries as it stores this job's
         video, audio = Path(video), Path(audio) if audio else None
         job_id = uuid.uuid4().hex[:12]
         with self._results.new(job_id) as work:
@@ -160,9 +160,12 @@ class Jobs:
         """Remove what is older than `keep_s`: finished results, speech previews (after an hour at
         most: each is played once) and results the cache has not used since."""
         self._results.remove_old()
-        remove_older_than(self.previews_dir, min(PREVIEW_MAX_AGE_S, self.keep_s))
-        if self.models is not None and self.models.cache is not None:
+        self._remove_old_previews()
+        if self.models.cache is not None:
             self.models.cache.remove_expired()
+
+    def _remove_old_previews(self) -> None:
+        remove_older_than(self.previews_dir, min(PREVIEW_MAX_AGE_S, self.keep_s))
 
     def remove_old_while_serving(self) -> None:
         """`remove_old` every `sweep_period_s` on a thread of its own, so that nothing outlives
