@@ -152,6 +152,7 @@ def test_a_text_file_as_video_fails_with_one_clear_sentence(server, media, tmp_p
     assert body["error"].endswith("The video input is not a readable video file (Invalid data found when processing input).")
     assert "/tmp" not in body["error"] and "file.mp4" not in body["error"]  # Cog's temp name stays on the server
     video, _ = media
+    assert ready_again(client)  # Cog reports BUSY for a moment after a failed prediction
     again = predict(client, video=data_uri(video, "video/mp4"), audio=data_uri(audio, "audio/wav")).json()
     assert again["status"] == "succeeded"
 
