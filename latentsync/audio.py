@@ -17,6 +17,7 @@ import functools
 import importlib.metadata
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,10 @@ class AudioFeatures:
     last one ending with the audio; each frame is a blend of the windows covering it, weighted 1
     in a window's middle and ramping across the middle 5 s of each overlap (weights sum to 1).
     Audio up to 30 s is one window either way.
+
+    Each window is encoded on a thread of its own, and reading one starts the next, so the model
+    rarely waits for Whisper; `encode_ahead` starts the first one a job needs while its video is
+    still being analysed. An encoding's error is raised by the read that needs it.
     """
 
     CACHED_WINDOWS = 3  # a frame needs at most two windows; one more for reads that step back
@@ -202,7 +207,7 @@ class AudioFeatures:
         model = encoder.encoder
         self.shape = (self.total, len(model.blocks) + 1, model.positional_embedding.shape[1])
         self.windows = _plan_windows(self.total, encoder.window_mode)  # [(start, weights)]
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[int, Future] = OrderedDict()  # window -> its encoding, the least recently used first
         self._lock = threading.Lock()  # the pipeline reads from a worker thread
 
     def __len__(self) -> int:
@@ -227,15 +232,37 @@ class AudioFeatures:
                 out[used] += self._window(k)[local[used]] * share[used, None, None]
         return out.reshape(*index.shape, *self.shape[1:])
 
+    def encode_ahead(self, at_s: float = 0.0) -> None:
+        """Start encoding the window that the features at `at_s` seconds are read from first."""
+        frame = min(max(int(at_s * WHISPER_FPS), 0), self.total - 1)
+        first = next(k for k, (start, weights) in enumerate(self.windows) if start <= frame < start + len(weights) and weights[frame - start] > 0)
+        with self._lock:
+            self._encoding(first)
+
     def _window(self, k: int) -> torch.Tensor:
         with self._lock:
-            if k in self._cache:
-                self._cache.move_to_end(k)
-            else:
-                if len(self._cache) >= self.CACHED_WINDOWS:
-                    self._cache.popitem(last=False)  # the least recently used
-                self._cache[k] = self.encoder.encode_window(self.mel, 2 * self.windows[k][0])
+            encoding = self._encoding(k)
+            if k + 1 < len(self.windows):
+                self._encoding(k + 1)
+        return encoding.result()
+
+    def _encoding(self, k: int) -> Future:
+        """Window `k`'s encoding, started now unless it was (with `_lock` held)."""
+        if k in self._cache:
+            self._cache.move_to_end(k)
             return self._cache[k]
+        if len(self._cache) >= self.CACHED_WINDOWS:
+            self._cache.popitem(last=False)
+        encoding = self._cache[k] = Future()
+
+        def encode() -> None:
+            try:
+                encoding.set_result(self.encoder.encode_window(self.mel, 2 * self.windows[k][0]))
+            except BaseException as error:  # raised by the read that needs it
+                encoding.set_exception(error)
+
+        threading.Thread(target=encode, daemon=True, name="whisper").start()
+        return encoding
 
 
 def _plan_windows(total: int, window_mode: str) -> list[tuple[int, torch.Tensor]]:

@@ -81,6 +81,8 @@ class Renderer:
         """Write the lip-synced video to `output_path` (it appears only when complete)."""
         job, info = self.job, self.job.info
         self.analysis.start()
+        first_regenerated = min((segment.start for segment in self.plan.segments), default=0)
+        self.windows.audio_features.encode_ahead(first_regenerated / job.fps)  # beside the analysis, not after it
         self._worker.start()
         try:
             # Segments are encoded apart from the frames around them, which so stay the source's encode.

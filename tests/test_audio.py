@@ -2,6 +2,8 @@
 in test_voice_activity.py). Everything runs on the real files with the real ffmpeg and Whisper
 package; the Whisper checkpoint is the random-weight tiny one the official reference was made with."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -205,20 +207,57 @@ def test_overlap_mode_keeps_the_middle_of_each_window(whisper_path, long_audio, 
     assert not torch.equal(overlap[2300:2500], middle[1300:1500])
 
 
-def test_features_are_encoded_lazily_and_index_like_a_tensor(whisper_path, long_audio, long_features, monkeypatch):
-    features = AudioEncoder(whisper_path).features(long_audio)
-    encoded = []
-    original = features.encoder.encode_window
+def encodings_of(features, monkeypatch) -> list[int]:
+    """The first encoder frame of each window `features` encodes from now on, as they start."""
+    encoded, original = [], features.encoder.encode_window
     monkeypatch.setattr(features.encoder, "encode_window", lambda mel, start: encoded.append(start // 2) or original(mel, start))
+    return encoded
+
+
+def settled(encoded: list[int], count: int) -> list[int]:
+    """`encoded` once it holds `count` windows (encodings run on threads of their own), and a moment more."""
+    deadline = time.monotonic() + 30
+    while len(encoded) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time enough for an encoding that should not start
+    return sorted(encoded)
+
+
+def test_features_are_encoded_lazily_a_window_ahead_and_index_like_a_tensor(whisper_path, long_audio, long_features, monkeypatch):
+    features = AudioEncoder(whisper_path).features(long_audio)
+    encoded = encodings_of(features, monkeypatch)
+    starts = [start for start, _ in features.windows]
+    assert starts == [0, 1000, 1444]  # 58.9 s: overlap windows every 20 s, the last ending with the audio
 
     assert torch.equal(frame_chunks(features, start=0, count=16), frame_chunks(long_features["overlap"], start=0, count=16))
-    assert encoded == [0]  # the first seconds need only the first window
+    assert settled(encoded, 2) == starts[:2]  # the first seconds need the first window, and the next is encoded meanwhile
     picked = torch.tensor([[5, 2900], [1400, 2100]])
     assert torch.equal(features[picked], long_features["overlap"][picked])
     assert torch.equal(features.tensor(), long_features["overlap"])
-    assert len(encoded) == 3  # each window encoded once while reading forwards
+    assert settled(encoded, 3) == starts  # each window encoded once while reading forwards
     with pytest.raises(IndexError):
         features[torch.tensor([len(features)])]
+
+
+def test_encoding_ahead_starts_the_window_a_time_is_read_from_first(whisper_path, long_audio, long_features, monkeypatch):
+    features = AudioEncoder(whisper_path).features(long_audio)
+    encoded = encodings_of(features, monkeypatch)
+    features.encode_ahead(28.0)  # 1400: past the first window's fade-out, read from the second alone
+    assert settled(encoded, 1) == [1000]
+    assert torch.equal(features[torch.tensor([1400])], long_features["overlap"][1400:1401])
+    assert settled(encoded, 2) == [1000, 1444]  # the second's read started the third, never the first
+
+
+def test_an_encoding_error_is_raised_by_the_read_that_needs_it(whisper_path, long_audio, monkeypatch):
+    features = AudioEncoder(whisper_path).features(long_audio)
+
+    def fail(mel, start):
+        raise RuntimeError(f"CUDA error: an illegal memory access was encountered (window at {start // 2})")
+
+    monkeypatch.setattr(features.encoder, "encode_window", fail)
+    features.encode_ahead(0.0)
+    with pytest.raises(RuntimeError, match="illegal memory access.*window at 0"):
+        frame_chunks(features, start=0, count=16)
 
 
 def resident_mb() -> float:
