@@ -37,6 +37,7 @@ class VideoWriter:
         self._time_per_frame = time_limit(1 / fps, width, height, fps) - time_limit(0)  # the encoder's budget grows by this
 
     def __enter__(self) -> "VideoWriter":
+        self._audio = probe(self.audio_path, "audio") if self.audio_path is not None else None  # now, not after the last frame
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._video_only = self._temporary(".video.mp4")
         self._start_encoder()
@@ -117,8 +118,7 @@ class VideoWriter:
         muxed = Path(muxed)
         try:
             inputs, audio_args = ["-i", file_url(self._video_only)], []
-            if self.audio_path is not None:
-                audio = probe(self.audio_path, "audio")
+            if (audio := self._audio) is not None:
                 inputs += input_args(self.audio_path, audio.demuxer)
                 if audio.audio_codec == "aac" and audio.audio_duration >= duration:
                     audio_args = ["-map", "1:a:0", "-c:a", "copy"]
