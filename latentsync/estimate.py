@@ -23,16 +23,27 @@ class GpuRate:
     basis: str
 
 
+MEASURED_STEPS = 20  # the benchmark's windows: 20 guided steps, between the VAE's encoding and decoding
+
+
+def _measured(seconds_per_window: float, vae_share: float, how: str) -> GpuRate:
+    """A rate from a measured whole window: its time less the VAE's share, per step, to the three
+    figures the measurement holds."""
+    rate = float(f"{seconds_per_window * (1 - vae_share) / MEASURED_STEPS:.3g}")
+    return GpuRate(rate, f"measured: {REFERENCE_GPU}, 2026-12-04, {seconds_per_window:.2f} s per {MEASURED_STEPS}-step window "
+                         f"of which {1 - vae_share:.0%} the U-Net, {how} (scripts/benchmark_gpu.py)")
+
+
 # MEASURED on an NVIDIA H200 (2026-12-04, `python -m scripts.benchmark_gpu --quick`, PyTorch 2.11,
-# eager float16 with guidance, random weights in the released architectures): a 20-step window's
-# time less the VAE's share, per step. 1.6 at 512 px: 3.80 s per window, 90% of it the U-Net, one
-# window per call (as `device.windows_that_fit` runs it); 1.5 at 256 px: 0.99 s, 88%, two per call.
+# eager float16 with guidance and DeepCache off, random weights in the released architectures;
+# docs/gpu-h200-2026-12-04.json), each version as `device.windows_that_fit` runs it.
 RATES = {
-    "1.5": GpuRate(0.0438, "measured: NVIDIA H200, 2026-12-04, 0.99 s per 20-step window of which 88% the U-Net (scripts/benchmark_gpu.py)"),
-    "1.6": GpuRate(0.171, "measured: NVIDIA H200, 2026-12-04, 3.80 s per 20-step window of which 90% the U-Net (scripts/benchmark_gpu.py)"),
+    "1.5": _measured(0.9898, 0.115, "two windows per call"),
+    "1.6": _measured(3.8033, 0.102, "one window per call"),
 }
 # DeepCache runs a full U-Net step every third step and a shallow one between: in the same run the
-# U-Net's time with it was 0.43 of the time without, for both versions.
+# U-Net's time with it was 0.43 of the time without, for both versions (1.6: 1.97 s x 76% against
+# 3.97 s x 88% per window; 1.5: 0.48 s x 77% against 0.99 s x 88%).
 DEEPCACHE_SHARE = 0.43
 # Guidance 1.0 turns classifier-free guidance off: one U-Net pass per step instead of two.
 NO_GUIDANCE_SHARE = 0.5
