@@ -5,6 +5,8 @@ version's resolution, paste-back, x264 encoding. Figures per rate (GPU seconds p
 
 - whole job, GPU busy, job / GPU;
 - the time until the first U-Net call, and the longest the GPU waits between calls after it;
+- the time after the last call, beside the least it can be (`encoder_alone`: the same frames
+  through the same encoder at the same pace, with nothing else running);
 - CPU seconds per output second by stage: decode (the ffmpeg decoders and our reads of their
   pipes), detection (our threads' time in `detect` and MediaPipe's own threads), alignment
   (`FaceAligner.model_input`), paste-back (`FaceAligner.restore`), encode (x264, the mux and our
@@ -36,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
+from itertools import islice
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +51,9 @@ class SimulatedGPU:
     """A stand-in for `latentsync.denoise.denoise_windows` with its signature and its random
     draws (`draw_window_noise`, so the generator advances exactly as the real one's and every
     window's draws stay where they are), which holds "the GPU" for `rate` x (frames / fps) seconds
-    per window and returns the input faces in [-1, 1], so paste-back has real work."""
+    per window and returns the input faces in [-1, 1], so paste-back has real work. Those faces are
+    made while the GPU is held: a real job's come out of the VAE on the GPU, and only their copy to
+    the CPU (milliseconds) falls between calls."""
 
     def __init__(self, rate: float, fps: float = 25.0):
         self.rate, self.fps = rate, fps
@@ -61,11 +67,13 @@ class SimulatedGPU:
 
         windows, frames, _, height, width = faces.shape
         draw_window_noise(generator, windows, frames, (height // 8, width // 8), initial_latents is None, sample_posterior)
+        held = self.rate * windows * frames / self.fps
         with self._lock:
             start = time.perf_counter()
-            time.sleep(self.rate * windows * frames / self.fps)
-            self.calls.append((start, time.perf_counter()))
-        return faces.float() / 127.5 - 1
+            generated = faces.float() / 127.5 - 1
+            time.sleep(max(0.0, start + held - time.perf_counter()))
+            self.calls.append((start, start + held))
+        return generated
 
 
 # ---- CPU accounting -------------------------------------------------------------------------------
@@ -236,6 +244,31 @@ def instrumented_pipeline(resolution: int, rate: float, clock: StageClock):
     return pipeline, gpu
 
 
+def encoder_alone(video: Path, audio: Path, rate: float, frames: int, fps: float) -> float:
+    """The least a job can take after its last U-Net call at `rate`: seconds from the last
+    window's frames to the finished file with nothing else running. The clip's first `frames`
+    frames go to the job's encoder (`VideoWriter`, audio added), a window's frames at once, one
+    window every `rate` x 16 / fps seconds as the stand-in GPU releases them; x264 `medium`
+    encodes its look-ahead (about 40 frames) only once the last frame is in."""
+    from latentsync.config import FRAMES_PER_WINDOW
+    from latentsync.media.decode import read_frames
+    from latentsync.media.encode import VideoWriter
+    from latentsync.media.probe import probe_video
+
+    info = probe_video(video)
+    period = rate * FRAMES_PER_WINDOW / fps
+    with tempfile.TemporaryDirectory(prefix="encoder-alone-") as folder, closing(read_frames(video, fps, count=frames, info=info)) as source:
+        with VideoWriter(Path(folder) / "out.mp4", info.width, info.height, fps, audio_path=audio, work_dir=folder) as writer:
+            started = time.perf_counter()
+            for k in range(-(-frames // FRAMES_PER_WINDOW)):
+                window = list(islice(source, FRAMES_PER_WINDOW))  # decoded while "the GPU" works on it
+                time.sleep(max(0.0, started + (k + 1) * period - time.perf_counter()))
+                released = time.perf_counter()
+                for frame in window:
+                    writer.write(frame)
+        return time.perf_counter() - released
+
+
 def output_md5(path: Path) -> str:
     """MD5 of the decoded frames: equal outputs have equal pictures, whatever the container says."""
     result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-f", "md5", "-"], capture_output=True, text=True, check=True)
@@ -282,6 +315,7 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
     busy = sum(end - start for start, end in gpu.calls)
     gaps = [later[0] - earlier[1] for earlier, later in zip(gpu.calls, gpu.calls[1:])]
     stages = cpu_by_stage(clock, sampler, process_seconds)
+    floor = encoder_alone(video, audio, rate, reports[0].frames, reports[0].fps) if rate > 0 and jobs == 1 else None
     return {
         "rate": rate,
         "resolution": resolution,
@@ -295,6 +329,7 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
         "first_unet_call_s": round(gpu.calls[0][0] - started, 2) if gpu.calls else None,
         "longest_gpu_idle_s": round(max(gaps), 2) if gaps else 0.0,
         "after_last_call_s": round(started + wall - gpu.calls[-1][1], 2) if gpu.calls else None,
+        "encoder_alone_after_last_s": round(floor, 2) if floor is not None else None,
         "wall_per_output_s": round(wall / output_seconds, 2),
         "cpu_s_per_output_s": {stage: round(seconds / output_seconds, 3) for stage, seconds in stages.items()},
         "cpu_s_per_output_s_total": round(sum(stages.values()) / output_seconds, 3),
@@ -340,8 +375,9 @@ def table(rows: list[dict], label: str = "") -> str:
     head = ["code"] if label else []
     lines = [
         "| " + " | ".join(head + ["GPU s per output s", "whole job", "GPU busy", "job / GPU", "first U-Net call", "longest GPU wait",
+                                  "after the last call (encoder alone)",
                                   "CPU s per output s: decode / detect / align / paste / encode / audio / libs / Python = total", "load"]) + " |",
-        "| " + " | ".join(["---"] * (len(head) + 8)) + " |",
+        "| " + " | ".join(["---"] * (len(head) + 9)) + " |",
     ]
     for row in rows:
         cpu = row["cpu_s_per_output_s"]
@@ -350,10 +386,18 @@ def table(rows: list[dict], label: str = "") -> str:
             f"{row['rate']:g}", f"{row['wall_s']:.1f} s", f"{row['gpu_busy_s']:.1f} s",
             f"{row['job_over_gpu']:.2f}x" if row["job_over_gpu"] else "-",
             f"{row['first_unet_call_s']:.1f} s" if row["first_unet_call_s"] is not None else "-",
-            f"{row['longest_gpu_idle_s']:.1f} s", f"{split} = {row['cpu_s_per_output_s_total']:.2f}", f"{row['load_average'][0]:.1f}",
+            f"{row['longest_gpu_idle_s']:.1f} s", _after_last_call(row), f"{split} = {row['cpu_s_per_output_s_total']:.2f}",
+            f"{row['load_average'][0]:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _after_last_call(row: dict) -> str:
+    if row.get("after_last_call_s") is None:
+        return "-"
+    alone = row.get("encoder_alone_after_last_s")
+    return f"{row['after_last_call_s']:.1f} s" + (f" ({alone:.1f} s)" if alone is not None else "")
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,7 @@ def test_a_measurement_runs_a_whole_job_and_its_figures_add_up(tmp_path):
     assert row["windows"] == 3 and row["output_s"] == 1.52  # 38 frames: 16 + 16 + 6
     assert row["gpu_busy_s"] == pytest.approx(0.5 * 1.52, abs=0.1) and row["wall_s"] > row["gpu_busy_s"]
     assert 0 < row["first_unet_call_s"] < row["wall_s"] and row["job_over_gpu"] > 1
+    assert 0 < row["encoder_alone_after_last_s"] < row["wall_s"]  # the encoder's own tail: the same frames, nothing else running
     cpu = row["cpu_s_per_output_s"]
     assert all(seconds >= 0 for seconds in cpu.values()) and cpu["decode"] > 0 and cpu["encode"] > 0 and cpu["detection"] > 0
     assert cpu["paste_back"] > 0 and cpu["alignment"] > 0
