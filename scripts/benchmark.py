@@ -206,7 +206,8 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| simulated GPU at {row['rate']:g} s per output s, {version} ({simulated['resolution']} px), {simulated['video']} | "
                 f"{row['wall_s']} s ({'job / GPU ' + str(row['job_over_gpu']) + 'x, ' if row['job_over_gpu'] else ''}"
-                f"first U-Net call {row['first_unet_call_s']} s, longest GPU wait {row['longest_gpu_idle_s']} s; CPU s per output s "
+                f"first U-Net call {row['first_unet_call_s']} s, longest GPU wait {row['longest_gpu_idle_s']} s, after the last call "
+                f"{row['after_last_call_s']} s{f' (encoder alone {alone} s)' if (alone := row.get('encoder_alone_after_last_s')) is not None else ''}; CPU s per output s "
                 f"{row['cpu_s_per_output_s_total']}: decode {cpu['decode']}, detect {cpu['detection']}, align {cpu['alignment']}, "
                 f"paste {cpu['paste_back']}, encode {cpu['encode']}; load {row['load_average'][0]}) |"
             )
