@@ -196,7 +196,8 @@ class AudioFeatures:
 
     Each window is encoded on a thread of its own, and reading one starts the next, so the model
     rarely waits for Whisper; `encode_ahead` starts the first one a job needs while its video is
-    still being analysed. An encoding's error is raised by the read that needs it.
+    still being analysed. An encoding's error is raised by the read that needs it, and the next read
+    encodes that window again.
     """
 
     CACHED_WINDOWS = 3  # a frame needs at most two windows; one more for reads that step back
@@ -244,7 +245,13 @@ class AudioFeatures:
             encoding = self._encoding(k)
             if k + 1 < len(self.windows):
                 self._encoding(k + 1)
-        return encoding.result()
+        try:
+            return encoding.result()
+        except BaseException:
+            with self._lock:
+                if self._cache.get(k) is encoding:  # the next read tries again (after memory was freed, say)
+                    del self._cache[k]
+            raise
 
     def _encoding(self, k: int) -> Future:
         """Window `k`'s encoding, started now unless it was (with `_lock` held)."""

@@ -248,16 +248,18 @@ def test_encoding_ahead_starts_the_window_a_time_is_read_from_first(whisper_path
     assert settled(encoded, 2) == [1000, 1444]  # the second's read started the third, never the first
 
 
-def test_an_encoding_error_is_raised_by_the_read_that_needs_it(whisper_path, long_audio, monkeypatch):
+def test_an_encoding_error_is_raised_by_the_read_that_needs_it_and_the_next_read_tries_again(whisper_path, long_audio, long_features, monkeypatch):
     features = AudioEncoder(whisper_path).features(long_audio)
 
     def fail(mel, start):
-        raise RuntimeError(f"CUDA error: an illegal memory access was encountered (window at {start // 2})")
+        raise torch.OutOfMemoryError(f"CUDA out of memory (window at {start // 2})")
 
     monkeypatch.setattr(features.encoder, "encode_window", fail)
     features.encode_ahead(0.0)
-    with pytest.raises(RuntimeError, match="illegal memory access.*window at 0"):
+    with pytest.raises(torch.OutOfMemoryError, match="window at 0"):
         frame_chunks(features, start=0, count=16)
+    monkeypatch.undo()  # memory was freed: the next read encodes the window again
+    assert torch.equal(frame_chunks(features, start=0, count=16), frame_chunks(long_features["overlap"], start=0, count=16))
 
 
 def resident_mb() -> float:
