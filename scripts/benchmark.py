@@ -209,7 +209,7 @@ def markdown(results: dict) -> str:
                 f"first U-Net call {row['first_unet_call_s']} s, longest GPU wait {row['longest_gpu_idle_s']} s, after the last call "
                 f"{row['after_last_call_s']} s{f' (encoder alone {alone} s)' if (alone := row.get('encoder_alone_after_last_s')) is not None else ''}; CPU s per output s "
                 f"{row['cpu_s_per_output_s_total']}: decode {cpu['decode']}, detect {cpu['detection']}, align {cpu['alignment']}, "
-                f"paste {cpu['paste_back']}, encode {cpu['encode']}; load {row['load_average'][0]}) |"
+                f"paste {cpu['paste_back']}, encode {cpu['encode']}; others' CPU {row.get('other_cpu_s')} s) |"
             )
     gpu = results.get("gpu")
     if gpu:

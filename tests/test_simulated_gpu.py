@@ -2,6 +2,7 @@
 what the real one draws, and a measurement runs end to end and adds up."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,4 @@ def test_a_measurement_runs_a_whole_job_and_its_figures_add_up(tmp_path):
     assert all(seconds >= 0 for seconds in cpu.values()) and cpu["decode"] > 0 and cpu["encode"] > 0 and cpu["detection"] > 0
     assert cpu["paste_back"] > 0 and cpu["alignment"] > 0
     assert row["cpu_s_per_output_s_total"] == pytest.approx(sum(cpu.values()), abs=0.01)
+    assert 0 <= row["other_cpu_s"] < os.cpu_count() * row["wall_s"]  # the rest of the machine, at most all of it
