@@ -224,19 +224,25 @@ class AudioFeatures:
         if len(frames) and (frames.min() < 0 or frames.max() >= self.total):
             raise IndexError(f"Whisper frame indices must lie in [0, {self.total}).")
         out = torch.zeros(len(frames), *self.shape[1:])
+        for k, local, share, used in self._windows_read(frames):
+            out[used] += self._window(k)[local[used]] * share[used, None, None]
+        return out.reshape(*index.shape, *self.shape[1:])
+
+    def _windows_read(self, frames: torch.Tensor):
+        """The windows `frames` are read from, in order: (k, each frame's place in window k, its
+        weight there, which frames it contributes to). A window is only encoded for those."""
         for k, (start, weights) in enumerate(self.windows):
             local = (frames - start).clamp(0, len(weights) - 1)
             covered = (frames >= start) & (frames < start + len(weights))
             share = torch.where(covered, weights[local], 0.0)
-            used = share > 0  # only encode a window for frames it contributes to
+            used = share > 0
             if used.any():
-                out[used] += self._window(k)[local[used]] * share[used, None, None]
-        return out.reshape(*index.shape, *self.shape[1:])
+                yield k, local, share, used
 
     def encode_ahead(self, at_s: float = 0.0) -> None:
         """Start encoding the window that the features at `at_s` seconds are read from first."""
         frame = min(max(int(at_s * WHISPER_FPS), 0), self.total - 1)
-        first = next(k for k, (start, weights) in enumerate(self.windows) if start <= frame < start + len(weights) and weights[frame - start] > 0)
+        first, *_ = next(self._windows_read(torch.tensor([frame])))
         with self._lock:
             self._encoding(first)
 
