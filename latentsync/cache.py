@@ -173,7 +173,8 @@ class ResultCache:
 
     def remove_expired(self) -> None:
         """Delete the entries not used for longer than `max_age_s` (none without it)."""
-        self._without_expired(self._complete_entries())
+        if self.max_age_s is not None:  # else nothing expires: no need to read the manifests
+            self._without_expired(self._complete_entries())
 
     def _without_expired(self, entries: list[_Entry]) -> list[_Entry]:
         """`entries` less the expired ones, which are deleted (those not in use)."""
