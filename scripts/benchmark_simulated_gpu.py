@@ -292,7 +292,7 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
     clock = StageClock()
     pipeline, gpu = instrumented_pipeline(resolution, rate, clock)
     options = LipsyncOptions(skip_silence=False)
-    load_before, others_before = os.getloadavg()[0], _others_cpu()
+    others_before = _others_cpu()
     with tempfile.TemporaryDirectory(prefix="simulated-gpu-") as folder:
         outputs = [Path(folder) / f"out{k}.mp4" for k in range(jobs)]
         reports, errors = [None] * jobs, []
@@ -346,7 +346,6 @@ def measure(video: Path, audio: Path, rate: float, resolution: int, jobs: int = 
         "report_timings": reports[0].timings,
         "output_md5": md5,
         "library": str(Path(latentsync.__file__).parent),
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "other_cpu_s": round(max(others, 0.0), 1),
     }
 
